@@ -1,0 +1,61 @@
+"""krenalis_airflow: keep Stripe customers in sync with customer profiles in a SQL warehouse."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Provider metadata read by Airflow's ProvidersManager (entry point ``apache_airflow_provider``).
+
+    Connection form fields are declared here (``conn-fields``/``ui-field-behaviour``): since
+    Airflow 3.2 hook-level form methods are ignored unless the FAB provider is installed.
+    """
+    return {
+        "package-name": "krenalis-airflow",
+        "name": "Krenalis",
+        "description": "Sync customer profiles from a SQL warehouse to Stripe customers.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Stripe",
+                "external-doc-url": "https://docs.stripe.com/api/customers",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [{"integration-name": "Stripe", "python-modules": ["krenalis_airflow.hooks.stripe"]}],
+        "operators": [
+            {
+                "integration-name": "Stripe",
+                "python-modules": ["krenalis_airflow.operators.profile_export"],
+            }
+        ],
+        "connection-types": [
+            {
+                "hook-class-name": "krenalis_airflow.hooks.stripe.StripeHook",
+                "hook-name": "Stripe",
+                "connection-type": "stripe",
+                "conn-fields": {
+                    "max_network_retries": {
+                        "label": "Max network retries",
+                        "schema": {"type": ["integer", "null"], "default": 2},
+                        "description": "How often the Stripe SDK retries a failed connection or 5xx.",
+                    },
+                    "timeout": {
+                        "label": "Request timeout (seconds)",
+                        "schema": {"type": ["number", "null"], "default": 80},
+                    },
+                },
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login", "extra"],
+                    "relabeling": {"password": "API key", "host": "API base URL"},
+                    "placeholders": {
+                        "password": "sk_test_… or rk_test_… (a restricted key with Customers: write)",
+                        "host": "https://api.stripe.com (leave empty), or http://127.0.0.1:8420 for localstripe",
+                    },
+                },
+            }
+        ],
+    }

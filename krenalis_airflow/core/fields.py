@@ -1,0 +1,85 @@
+"""The Stripe customer fields a pipeline may write, and how flat payloads become API params.
+
+A transformation produces a *flat payload*: ``{"name": "Ada", "address.country": "IT",
+"metadata.plan": "pro"}``. ``None`` means "clear this field" (or "delete this metadata key");
+a path the payload does not contain is left untouched in Stripe.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+ADDRESS_PARTS = ("line1", "line2", "city", "state", "postal_code", "country")
+
+SCALAR_FIELDS = frozenset(
+    {"name", "email", "phone", "description", "preferred_locales"}
+    | {f"address.{part}" for part in ADDRESS_PARTS}
+    | {"shipping.name", "shipping.phone"}
+    | {f"shipping.address.{part}" for part in ADDRESS_PARTS}
+)
+METADATA_PREFIX = "metadata."
+METADATA_KEY = re.compile(r"^[^\[\]]{1,40}$")
+MATCHABLE = ("email", "id", "metadata.<key>")
+
+
+def field_problem(path: str) -> str | None:
+    """Return why ``path`` is not a writable customer field, or None when it is."""
+    if path in SCALAR_FIELDS:
+        return None
+    if path.startswith(METADATA_PREFIX):
+        key = path[len(METADATA_PREFIX) :]
+        if METADATA_KEY.match(key):
+            return None
+        return "a metadata key has 1 to 40 characters and no '[' or ']'"
+    allowed = ", ".join(sorted(SCALAR_FIELDS)) + ", metadata.<key>"
+    return f"unknown Stripe customer field {path!r}; allowed: {allowed}"
+
+
+def matching_problem(stripe_field: str) -> str | None:
+    """Return why ``stripe_field`` cannot be used for matching, or None."""
+    if stripe_field in ("email", "id"):
+        return None
+    if stripe_field.startswith(METADATA_PREFIX) and field_problem(stripe_field) is None:
+        return None
+    return f"cannot match on {stripe_field!r}; allowed: email, id, metadata.<key>"
+
+
+def to_params(payload: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
+    """Turn a flat payload into nested Stripe params.
+
+    On create, ``None`` values are simply omitted. On update, ``None`` becomes ``""``, which is
+    how the Stripe API unsets a field or deletes a metadata key.
+    """
+    params: dict[str, Any] = {}
+    for path, value in payload.items():
+        if value is None:
+            if creating:
+                continue
+            value = ""
+        node = params
+        *parents, leaf = path.split(".", 1) if path.startswith(METADATA_PREFIX) else path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return params
+
+
+def read_path(customer: Mapping[str, Any], path: str) -> Any:
+    """Read a flat path (``address.city``, ``metadata.plan``) from a customer dict."""
+    if path.startswith(METADATA_PREFIX):
+        return (customer.get("metadata") or {}).get(path[len(METADATA_PREFIX) :])
+    node: Any = customer
+    for part in path.split("."):
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(part)
+    return node
+
+
+def same_value(desired: Any, actual: Any) -> bool:
+    """Whether Stripe already holds ``desired``; Stripe reports an unset field as null or ""."""
+    if desired in (None, "", []) and actual in (None, "", []):
+        return True
+    return bool(desired == actual)

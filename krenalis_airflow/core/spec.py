@@ -1,0 +1,431 @@
+"""The pipeline spec: a typed model of one YAML file, and a loader whose errors point at lines.
+
+Every model forbids unknown keys. ``load_spec`` collects *all* problems of a file into one
+``SpecError`` whose lines read ``file:line: key.path: what is wrong; what is allowed``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from krenalis_airflow.core.fields import field_problem, matching_problem
+from krenalis_airflow.exceptions import SpecError, SpecProblem
+
+PIPELINE_ID = r"^[a-z][a-z0-9_]*$"
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+INTERVALS = {
+    "5m": timedelta(minutes=5),
+    "15m": timedelta(minutes=15),
+    "30m": timedelta(minutes=30),
+    "1h": timedelta(hours=1),
+    "2h": timedelta(hours=2),
+    "3h": timedelta(hours=3),
+    "6h": timedelta(hours=6),
+    "8h": timedelta(hours=8),
+    "12h": timedelta(hours=12),
+    "24h": timedelta(hours=24),
+}
+PRESETS = ("@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
+
+# Operator → how many values it takes: an exact count, or "1+" for one or more.
+OPERATORS: dict[str, int | str] = {
+    "is": 1,
+    "is not": 1,
+    "is one of": "1+",
+    "is not one of": "1+",
+    "is less than": 1,
+    "is less than or equal to": 1,
+    "is greater than": 1,
+    "is greater than or equal to": 1,
+    "is null": 0,
+    "is not null": 0,
+    "is true": 0,
+    "is false": 0,
+}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Condition(_Model):
+    """``{property, operator, values}``: one test on one profile property."""
+
+    property: str
+    operator: str
+    values: tuple[str, ...] = ()
+
+    @field_validator("property")
+    @classmethod
+    def _property_is_identifier(cls, value: str) -> str:
+        if not IDENTIFIER.match(value):
+            raise ValueError(f"{value!r} is not a column name (letters, digits and _)")
+        return value
+
+    @field_validator("operator")
+    @classmethod
+    def _known_operator(cls, value: str) -> str:
+        if value not in OPERATORS:
+            allowed = ", ".join(repr(op) for op in OPERATORS)
+            raise ValueError(f"unknown operator {value!r}; allowed: {allowed}")
+        return value
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _values_are_strings(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [v if isinstance(v, str) else _scalar_text(v) for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _value_count(self) -> Condition:
+        arity = OPERATORS[self.operator]
+        count = len(self.values)
+        if arity == "1+" and count < 1:
+            raise ValueError(f"operator {self.operator!r} takes one or more values")
+        if isinstance(arity, int) and count != arity:
+            wanted = {0: "no values", 1: "exactly one value"}.get(arity, f"{arity} values")
+            raise ValueError(f"operator {self.operator!r} takes {wanted}, got {count}")
+        return self
+
+
+def _condition_or_group(value: Any) -> str:
+    return "group" if isinstance(value, dict) and "conditions" in value else "condition"
+
+
+class Group(_Model):
+    """``{logical, conditions}``: conditions joined by and/or; groups nest."""
+
+    logical: Literal["and", "or"] = "and"
+    conditions: tuple[
+        Annotated[
+            Annotated[Condition, Tag("condition")] | Annotated[Group, Tag("group")],
+            Discriminator(_condition_or_group),
+        ],
+        ...,
+    ] = Field(min_length=1)
+
+    def properties(self) -> Iterator[str]:
+        for item in self.conditions:
+            yield from item.properties() if isinstance(item, Group) else (item.property,)
+
+
+class Source(_Model):
+    conn_id: str
+    table: str | None = None
+    query: str | None = None
+    key: str
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> Source:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of 'table' (a table name) or 'query' (a SELECT)")
+        if self.table is not None and not TABLE_NAME.match(self.table):
+            raise ValueError(f"table {self.table!r} is not a table name (name or schema.name)")
+        if self.query is not None and not re.match(r"^\s*(select|with)\b", self.query, re.I):
+            raise ValueError("query must be a single SELECT (or WITH … SELECT) statement")
+        if not IDENTIFIER.match(self.key):
+            raise ValueError(f"key {self.key!r} is not a column name")
+        return self
+
+
+class Destination(_Model):
+    conn_id: str = "stripe_default"
+
+
+class Matching(_Model):
+    property: str
+    stripe: str
+
+    @field_validator("stripe")
+    @classmethod
+    def _matchable(cls, value: str) -> str:
+        if problem := matching_problem(value):
+            raise ValueError(problem)
+        return value
+
+    @property
+    def metadata_key(self) -> str | None:
+        return self.stripe.removeprefix("metadata.") if self.stripe.startswith("metadata.") else None
+
+
+class Export(_Model):
+    mode: Literal["create_only", "update_only", "create_and_update"] = "create_and_update"
+    matching: Matching
+    duplicate_profiles: Literal["reject", "keep_first"] = "reject"
+    order_by: str | None = None
+    duplicate_customers: Literal["reject", "update_all"] = "reject"
+
+    @field_validator("order_by")
+    @classmethod
+    def _order_by(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*( (asc|desc))?$", value, re.I):
+            raise ValueError(f"{value!r} is not '<column>' or '<column> asc|desc'")
+        return value
+
+    @model_validator(mode="after")
+    def _id_needs_update_only(self) -> Export:
+        if self.matching.stripe == "id" and self.mode != "update_only":
+            raise ValueError("matching on Stripe 'id' only works with mode: update_only (ids cannot be created)")
+        return self
+
+    @property
+    def order(self) -> tuple[str, bool] | None:
+        """``(column, descending)`` or None for the source key ascending."""
+        if self.order_by is None:
+            return None
+        column, _, direction = self.order_by.partition(" ")
+        return column, direction.lower() == "desc"
+
+
+class Transformation(_Model):
+    mapping: dict[str, str] | None = None
+    javascript: str | None = None
+    python: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Transformation:
+        given = [name for name in ("mapping", "javascript", "python") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'mapping', 'javascript' or 'python'")
+        if given[0] != "mapping":
+            raise ValueError(f"'{given[0]}' transformations are not available yet; use 'mapping'")
+        return self
+
+    @field_validator("mapping")
+    @classmethod
+    def _mapping_fields(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("mapping is empty; map at least one Stripe field")
+        problems = [f"{path}: {p}" for path in value if (p := field_problem(path))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+
+class State(_Model):
+    """Where the ledger lives. Defaults to the source connection."""
+
+    conn_id: str | None = None
+    table_prefix: str = Field(default="krenalis_", pattern=r"^[a-z][a-z0-9_]*$")
+
+
+class PipelineSpec(_Model):
+    id: str = Field(pattern=PIPELINE_ID)
+    description: str | None = None
+    enabled: bool = True
+    schedule: str | None = None
+    tags: tuple[str, ...] = ()
+    source: Source
+    filter: Group | None = None
+    destination: Destination = Destination()
+    export: Export
+    transformation: Transformation
+    state: State = State()
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule(cls, value: Any) -> Any:
+        if value is None or not isinstance(value, str):
+            return value
+        if value in INTERVALS or value in PRESETS or _is_cron(value):
+            return value
+        raise ValueError(
+            f"{value!r} is not a schedule; use one of {', '.join(INTERVALS)}, "
+            f"a preset ({', '.join(PRESETS)}), a 5-field cron expression, or null for manual runs"
+        )
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> PipelineSpec:
+        matched = self.export.matching.stripe
+        mapping = self.transformation.mapping or {}
+        if matched != "id" and matched in mapping:
+            raise ValueError(
+                f"transformation.mapping writes {matched!r}, the matched Stripe field; it is set "
+                f"from '{self.export.matching.property}' automatically — remove it from the mapping"
+            )
+        return self
+
+    @property
+    def state_conn_id(self) -> str:
+        return self.state.conn_id or self.source.conn_id
+
+    @property
+    def schedule_value(self) -> timedelta | str | None:
+        """What the DAG's ``schedule`` gets: a timedelta, a preset/cron string, or None."""
+        if self.schedule is None:
+            return None
+        return INTERVALS.get(self.schedule, self.schedule)
+
+
+def _is_cron(value: str) -> bool:
+    fields = value.split()
+    if len(fields) != 5:
+        return False
+    try:
+        from croniter import croniter
+    except ImportError:  # pragma: no cover - croniter comes with Airflow
+        return all(re.match(r"^[\d*/,\-A-Za-z?LW#]+$", f) for f in fields)
+    return bool(croniter.is_valid(value))
+
+
+def _scalar_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    path: Path
+    spec: PipelineSpec
+
+
+def load_spec(path: str | Path) -> PipelineSpec:
+    """Read and validate one spec file; raise ``SpecError`` listing every problem."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(source, [SpecProblem("", f"cannot read the file: {exc.strerror}")]) from exc
+    return parse_spec(text, source)
+
+
+def parse_spec(text: str, source: str = "<spec>") -> PipelineSpec:
+    """Validate spec text; ``source`` names it in errors."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        raise SpecError(source, [SpecProblem("", f"not valid YAML: {exc}", line)]) from exc
+    if node is None or not isinstance(node, yaml.MappingNode):
+        raise SpecError(source, [SpecProblem("", "a spec is a YAML mapping (id: …, source: …, …)", 1)])
+    lines: dict[tuple[str | int, ...], int] = {}
+    duplicates: list[SpecProblem] = []
+    _index_lines(node, (), lines, duplicates)
+    if duplicates:
+        raise SpecError(source, duplicates)
+    data = yaml.safe_load(text)
+    try:
+        return PipelineSpec.model_validate(data)
+    except ValidationError as exc:
+        errors = [err for err in exc.errors() if not _cascade(err)]
+        raise SpecError(source, [_problem(err, data, lines) for err in errors]) from exc
+
+
+def _cascade(err: Any) -> bool:
+    """A "too short" error on a list whose items failed themselves repeats what those items say."""
+    return err["type"] == "too_short" and isinstance(err.get("input"), list | tuple) and bool(err["input"])
+
+
+def _index_lines(
+    node: yaml.Node,
+    path: tuple[str | int, ...],
+    lines: dict[tuple[str | int, ...], int],
+    duplicates: list[SpecProblem],
+) -> None:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                duplicates.append(
+                    SpecProblem(_dotted((*path, key)), "key given twice", key_node.start_mark.line + 1)
+                )
+            seen.add(key)
+            _index_lines(value_node, (*path, key), lines, duplicates)
+            lines[(*path, key)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _index_lines(item, (*path, index), lines, duplicates)
+
+
+def _problem(err: Any, data: Any, lines: dict[tuple[str | int, ...], int]) -> SpecProblem:
+    """Turn one pydantic error into a SpecProblem with the real key path and line."""
+    path: list[str | int] = []
+    node = data
+    loc = err["loc"]
+    for index, part in enumerate(loc):
+        last = index == len(loc) - 1
+        # pydantic adds union tags ("condition", "group") that are not keys of the data: skip them.
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+            path.append(part)
+        elif last and err["type"] in ("extra_forbidden", "missing"):
+            path.append(part)
+    line = None
+    for depth in range(len(path), -1, -1):
+        if (line := lines.get(tuple(path[:depth]))) is not None:
+            break
+    return SpecProblem(_dotted(tuple(path)), _message(err), line)
+
+
+def _message(err: Any) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key; check its spelling against the spec reference in the README"
+    if kind == "missing":
+        return "required key is missing"
+    message = str(err["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def discover(folder: str | Path) -> list[LoadedSpec | SpecError]:
+    """Load every ``*.yaml``/``*.yml`` in ``folder``; a bad file yields its SpecError, never hides others.
+
+    Pipeline ids must be unique: every file that repeats an id already taken by an earlier file
+    (in name order) becomes a SpecError too.
+    """
+    results: list[LoadedSpec | SpecError] = []
+    owners: dict[str, Path] = {}
+    files = sorted(p for p in Path(folder).glob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    for file in files:
+        try:
+            spec = load_spec(file)
+        except SpecError as exc:
+            results.append(exc)
+            continue
+        if spec.id in owners:
+            message = f"pipeline id {spec.id!r} is already used by {owners[spec.id].name}; ids must be unique"
+            results.append(SpecError(str(file), [SpecProblem("id", message, 1)]))
+            continue
+        owners[spec.id] = file
+        results.append(LoadedSpec(file, spec))
+    return results
