@@ -53,7 +53,7 @@ def get_provider_info() -> dict[str, Any]:
                     "relabeling": {"password": "API key", "host": "API base URL"},
                     "placeholders": {
                         "password": "sk_test_… or rk_test_… (a restricted key with Customers: write)",
-                        "host": "https://api.stripe.com (leave empty), or http://127.0.0.1:8420 for localstripe",
+                        "host": "empty for https://api.stripe.com; http://127.0.0.1:8420 for localstripe",
                     },
                 },
             }

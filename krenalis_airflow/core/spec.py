@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from krenalis_airflow.core.fields import field_problem, matching_problem
+from krenalis_airflow.core.mapping import syntax_problems
 from krenalis_airflow.exceptions import SpecError, SpecProblem
 
 PIPELINE_ID = r"^[a-z][a-z0-9_]*$"
@@ -108,7 +109,8 @@ class Condition(_Model):
 
 
 def _condition_or_group(value: Any) -> str:
-    return "group" if isinstance(value, dict) and "conditions" in value else "condition"
+    is_group = isinstance(value, Group) or (isinstance(value, dict) and "conditions" in value)
+    return "group" if is_group else "condition"
 
 
 class Group(_Model):
@@ -184,7 +186,9 @@ class Export(_Model):
     @model_validator(mode="after")
     def _id_needs_update_only(self) -> Export:
         if self.matching.stripe == "id" and self.mode != "update_only":
-            raise ValueError("matching on Stripe 'id' only works with mode: update_only (ids cannot be created)")
+            raise ValueError(
+                "matching on Stripe 'id' only works with mode: update_only (ids cannot be created)"
+            )
         return self
 
     @property
@@ -218,6 +222,7 @@ class Transformation(_Model):
         if not value:
             raise ValueError("mapping is empty; map at least one Stripe field")
         problems = [f"{path}: {p}" for path in value if (p := field_problem(path))]
+        problems += [f"{path}: {message}" for path, message in syntax_problems(value)]
         if problems:
             raise ValueError("; ".join(problems))
         return value

@@ -1,0 +1,102 @@
+"""The ledger: what was last written to Stripe for each profile of a pipeline.
+
+One row per (pipeline, profile key): the matching value, the Stripe customer id(s) and a hash
+of the last payload Stripe confirmed. A rerun compares hashes and writes only what changed.
+It lives in any DB-API database every worker can reach (by default the source warehouse);
+the SQL is the common subset of SQLite (≥ 3.24) and PostgreSQL (``INSERT … ON CONFLICT``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from krenalis_airflow.core.records import Record
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    match: str
+    customer_ids: tuple[str, ...]
+    payload_hash: str
+
+
+def payload_hash(record: Record) -> str:
+    """A stable hash of everything a write depends on: the matching value and the payload."""
+    canonical = json.dumps([record.match, record.match_value, record.payload], sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Ledger:
+    """Ledger rows of one pipeline over a DB-API connection (``placeholder``: ``?`` or ``%s``)."""
+
+    def __init__(self, connection: Any, placeholder: str, pipeline_id: str, table_prefix: str = "krenalis_"):
+        self._conn = connection
+        self._ph = placeholder
+        self._pipeline = pipeline_id
+        self.table = f"{table_prefix}ledger"
+
+    def ensure_table(self) -> None:
+        self._execute(
+            f"CREATE TABLE IF NOT EXISTS {self.table} ("
+            " pipeline_id VARCHAR(250) NOT NULL,"
+            " profile_key VARCHAR(500) NOT NULL,"
+            " match_value TEXT NOT NULL,"
+            " customer_ids TEXT NOT NULL,"
+            " payload_hash VARCHAR(64) NOT NULL,"
+            " synced_at VARCHAR(40) NOT NULL,"
+            " PRIMARY KEY (pipeline_id, profile_key))"
+        )
+        self._conn.commit()
+
+    def load(self) -> dict[str, LedgerEntry]:
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(
+                f"SELECT profile_key, match_value, customer_ids, payload_hash FROM {self.table}"
+                f" WHERE pipeline_id = {self._ph}",
+                (self._pipeline,),
+            )
+            entries = {}
+            while rows := cursor.fetchmany(10_000):
+                for key, match, ids, digest in rows:
+                    entries[key] = LedgerEntry(match, tuple(ids.split(",")) if ids else (), digest)
+            return entries
+        finally:
+            cursor.close()
+
+    def record(self, entries: Mapping[str, LedgerEntry] | Iterable[tuple[str, LedgerEntry]]) -> int:
+        """Upsert entries and commit. Call only with writes Stripe has confirmed."""
+        items = list(entries.items() if isinstance(entries, Mapping) else entries)
+        if not items:
+            return 0
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        ph = ", ".join([self._ph] * 6)
+        sql = (
+            f"INSERT INTO {self.table}"
+            " (pipeline_id, profile_key, match_value, customer_ids, payload_hash, synced_at)"
+            f" VALUES ({ph}) ON CONFLICT (pipeline_id, profile_key) DO UPDATE SET"
+            " match_value = excluded.match_value, customer_ids = excluded.customer_ids,"
+            " payload_hash = excluded.payload_hash, synced_at = excluded.synced_at"
+        )
+        rows = [
+            (self._pipeline, key, e.match, ",".join(e.customer_ids), e.payload_hash, now) for key, e in items
+        ]
+        cursor = self._conn.cursor()
+        try:
+            cursor.executemany(sql, rows)
+        finally:
+            cursor.close()
+        self._conn.commit()
+        return len(rows)
+
+    def _execute(self, sql: str) -> None:
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(sql)
+        finally:
+            cursor.close()

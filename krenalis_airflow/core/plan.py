@@ -1,0 +1,142 @@
+"""Spec → plan: everything the DAG factory needs, as plain data, decided in one visible place.
+
+The factory only renders a plan into Airflow objects; a broken spec becomes a ``BrokenPlan`` so
+the person who broke it sees the error in the UI without hiding any other pipeline.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from krenalis_airflow.core.spec import Condition, Group, LoadedSpec, PipelineSpec
+from krenalis_airflow.exceptions import SpecError
+
+STEPS = ("extract", "transform", "dedupe", "upsert")
+STEP_DOCS = {
+    "extract": "Reads the filtered profiles from the warehouse (the filter runs as SQL in the warehouse).",
+    "transform": "Maps each profile to Stripe customer fields; rejects profiles without a matching value.",
+    "dedupe": "Applies the duplicate_profiles policy to profiles sharing one matching value.",
+    "upsert": "Creates/updates only new or changed customers in Stripe and records them in the ledger.",
+}
+TAGS = ("krenalis", "stripe")
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    task_id: str
+    step: str
+    upstream: str | None
+    doc: str
+
+
+@dataclass(frozen=True)
+class PipelinePlan:
+    dag_id: str
+    spec: PipelineSpec
+    spec_file: str
+    description: str
+    schedule: timedelta | str | None
+    paused: bool
+    tags: tuple[str, ...]
+    doc_md: str
+    steps: tuple[StepPlan, ...]
+
+
+@dataclass(frozen=True)
+class BrokenPlan:
+    dag_id: str
+    spec_file: str
+    description: str
+    error: str
+    doc_md: str
+    tags: tuple[str, ...] = (*TAGS, "broken-spec")
+
+
+def plan_pipeline(loaded: LoadedSpec) -> PipelinePlan:
+    spec = loaded.spec
+    steps = tuple(
+        StepPlan(step, step, STEPS[i - 1] if i else None, STEP_DOCS[step]) for i, step in enumerate(STEPS)
+    )
+    return PipelinePlan(
+        dag_id=spec.id,
+        spec=spec,
+        spec_file=str(loaded.path),
+        description=spec.description or f"Sync {spec.source.table or 'query'} → Stripe customers",
+        schedule=spec.schedule_value if spec.enabled else None,
+        paused=not spec.enabled,
+        tags=tuple(dict.fromkeys((*TAGS, *spec.tags))),
+        doc_md=describe(spec, loaded.path),
+        steps=steps,
+    )
+
+
+def plan_broken(error: SpecError, taken: set[str]) -> BrokenPlan:
+    """A placeholder DAG for a spec that does not load, named after its id (or file) if free."""
+    path = Path(error.source)
+    dag_id = _declared_id(path) or ""
+    if not dag_id or dag_id in taken:
+        dag_id = "krenalis_broken_" + re.sub(r"[^a-z0-9_]", "_", path.stem.lower())
+    message = str(error)
+    doc = (
+        f"## Broken pipeline spec\n\n`{path}` does not load, so this pipeline is not running. "
+        f"Fix the file; this DAG turns back into the pipeline at the next parse.\n\n```\n{message}\n```\n"
+    )
+    return BrokenPlan(dag_id, str(path), f"BROKEN SPEC {path.name}: fix it (see docs)", message, doc)
+
+
+def _declared_id(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    found = re.search(r"^id:\s*([a-z][a-z0-9_]*)\s*(#.*)?$", text, re.M)
+    return found.group(1) if found else None
+
+
+def describe(spec: PipelineSpec, path: Path) -> str:
+    """The DAG's ``doc_md``: what a person needs to understand the pipeline at a glance."""
+    src = spec.source
+    origin = f"table `{src.table}`" if src.table else f"query\n\n```sql\n{src.query.strip()}\n```\n"  # type: ignore[union-attr]
+    export = spec.export
+    lines = [
+        f"## {spec.description or spec.id}",
+        "",
+        f"Spec file: `{path}`",
+        "",
+        f"- **Source**: connection `{src.conn_id}`, {origin}, key `{src.key}`",
+        f"- **Filter**: {describe_filter(spec.filter) if spec.filter else 'every profile'}",
+        f"- **Destination**: Stripe connection `{spec.destination.conn_id}`",
+        f"- **Mode**: `{export.mode}`",
+        f"- **Matching**: profile `{export.matching.property}` ↔ Stripe `{export.matching.stripe}`",
+        f"- **Duplicate profiles**: `{export.duplicate_profiles}`"
+        + (f" (order by `{export.order_by}`)" if export.order_by else ""),
+        f"- **Duplicate customers**: `{export.duplicate_customers}`",
+        f"- **Schedule**: {spec.schedule or 'manual only'}" + ("" if spec.enabled else " (disabled)"),
+        "",
+        "| Stripe field | expression |",
+        "|---|---|",
+    ]
+    for field, expression in (spec.transformation.mapping or {}).items():
+        cell = expression.replace("|", r"\|")
+        lines.append(f"| `{field}` | `{cell}` |")
+    lines += [
+        "",
+        "Trigger params: `dry_run` (write nothing, report), `full_resync` (compare with Stripe itself).",
+    ]
+    return "\n".join(lines)
+
+
+def describe_filter(group: Group) -> str:
+    parts = [
+        f"({describe_filter(item)})" if isinstance(item, Group) else _describe_condition(item)
+        for item in group.conditions
+    ]
+    return f" {group.logical} ".join(parts)
+
+
+def _describe_condition(condition: Condition) -> str:
+    values = ", ".join(repr(v) for v in condition.values)
+    return f"{condition.property} {condition.operator}" + (f" {values}" if values else "")

@@ -1,0 +1,248 @@
+"""The upsert engine: decide per record what Stripe needs, write only that, record what Stripe confirmed.
+
+Per record, in order of cost:
+
+1. The ledger has this profile with the same matching value and the same payload hash →
+   *unchanged*, no API call (unless ``full_resync``).
+2. The ledger knows its customer(s) but the payload changed → *update* them directly.
+3. Otherwise look the matching value up in an index of every Stripe customer (built once, only
+   when some record needs it, with ``limit=100`` pages) → create, update, or nothing to do when
+   Stripe already holds the payload.
+
+Writes run concurrently in a small thread pool; the ledger is written only from the calling
+thread and only for writes Stripe confirmed, checkpointed every ``checkpoint_every`` writes and
+whenever the run stops early. Creates carry an idempotency key derived from the pipeline,
+profile and payload, so a retried create after a crash returns the customer already created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from krenalis_airflow.core.fields import read_path, same_value, to_params
+from krenalis_airflow.core.ledger import LedgerEntry, payload_hash
+from krenalis_airflow.core.records import Record, Rejection
+from krenalis_airflow.core.stripe_api import RecordRejected
+from krenalis_airflow.core.transform import normalise_match
+from krenalis_airflow.exceptions import RetryableSyncError
+
+log = logging.getLogger(__name__)
+STEP = "upsert"
+SAMPLES = 5
+
+
+class CustomerApi(Protocol):
+    calls: Counter[str]
+
+    def list_all(self) -> Iterator[dict[str, Any]]: ...
+    def create(self, params: dict[str, Any], idempotency_key: str) -> str: ...
+    def update(self, customer_id: str, params: dict[str, Any]) -> str: ...
+
+
+class LedgerStore(Protocol):
+    def load(self) -> dict[str, LedgerEntry]: ...
+    def record(self, entries: dict[str, LedgerEntry]) -> int: ...
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    pipeline_id: str
+    mode: Literal["create_only", "update_only", "create_and_update"]
+    stripe_field: str  # email | id | metadata.<key>
+    duplicate_customers: Literal["reject", "update_all"] = "reject"
+    dry_run: bool = False
+    full_resync: bool = False
+    concurrency: int = 8
+    checkpoint_every: int = 100
+
+
+@dataclass
+class SyncResult:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    rejections: list[Rejection] = field(default_factory=list)
+    samples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    api_calls: Counter[str] = field(default_factory=Counter)
+
+    def sample(self, outcome: str, text: str) -> None:
+        if len(self.samples[outcome]) < SAMPLES:
+            self.samples[outcome].append(text)
+
+
+@dataclass(frozen=True)
+class _Write:
+    record: Record
+    digest: str
+    customer_ids: tuple[str, ...]  # empty → create
+
+
+class Syncer:
+    def __init__(self, api: CustomerApi, ledger: LedgerStore, options: SyncOptions) -> None:
+        self.api = api
+        self.ledger = ledger
+        self.options = options
+        self.result = SyncResult()
+        self._pending: dict[str, LedgerEntry] = {}
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def run(self, records: Callable[[], Iterable[Record]]) -> SyncResult:
+        """Sync every record; ``records`` is called once or twice (it must be re-readable)."""
+        entries = self.ledger.load() if not self.options.full_resync else {}
+        index: dict[str, list[dict[str, Any]]] | None = None
+        if self.options.full_resync or any(self._needs_lookup(r, entries) for r in records()):
+            index = self._build_index()
+        writes = (w for r in records() if (w := self._decide(r, entries, index)) is not None)
+        self._execute(writes)
+        self.result.api_calls.update(self.api.calls)
+        return self.result
+
+    def _needs_lookup(self, record: Record, entries: dict[str, LedgerEntry]) -> bool:
+        entry = entries.get(record.key)
+        return entry is None or entry.match != record.match or not entry.customer_ids
+
+    def _build_index(self) -> dict[str, list[dict[str, Any]]]:
+        index: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for customer in self.api.list_all():
+            value = (
+                customer.get("id")
+                if self.options.stripe_field == "id"
+                else read_path(customer, self.options.stripe_field)
+            )
+            if value not in (None, ""):
+                index[normalise_match(self.options.stripe_field, value)].append(customer)
+        log.info(
+            "Indexed %d Stripe customers by %s", sum(map(len, index.values())), self.options.stripe_field
+        )
+        return index
+
+    def _decide(
+        self, record: Record, entries: dict[str, LedgerEntry], index: dict[str, list[dict[str, Any]]] | None
+    ) -> _Write | None:
+        opts = self.options
+        digest = payload_hash(record)
+        entry = entries.get(record.key)
+        if entry is not None and entry.match == record.match and entry.customer_ids:
+            if entry.payload_hash == digest:
+                self.result.unchanged += 1
+                return None
+            if opts.mode == "create_only":
+                return self._skip(record, "exists; create_only never updates")
+            return _Write(record, digest, entry.customer_ids)
+        assert index is not None  # built whenever a record misses the ledger
+        matches = index.get(record.match, [])
+        if not matches:
+            if opts.mode == "update_only":
+                return self._skip(record, f"no Stripe customer has this {opts.stripe_field}")
+            return _Write(record, digest, ())
+        if len(matches) > 1 and opts.duplicate_customers == "reject":
+            ids = ", ".join(c["id"] for c in matches[:SAMPLES])
+            self._reject(
+                record,
+                "several Stripe customers",
+                f"{opts.stripe_field} {record.match!r} matches {len(matches)} Stripe customers ({ids}); "
+                "set duplicate_customers: update_all to update them all",
+            )
+            return None
+        ids = tuple(c["id"] for c in matches)
+        if opts.mode == "create_only":
+            # Known to exist: remember the customer, but with no payload hash, so that a later
+            # switch to an updating mode still sends the payload.
+            self._confirm(record.key, LedgerEntry(record.match, ids, ""))
+            return self._skip(record, "already in Stripe; create_only never updates")
+        if all(self._holds(c, record.payload) for c in matches):
+            self.result.unchanged += 1
+            self._confirm(record.key, LedgerEntry(record.match, ids, digest))
+            return None
+        return _Write(record, digest, ids)
+
+    @staticmethod
+    def _holds(customer: dict[str, Any], payload: dict[str, Any]) -> bool:
+        return all(same_value(value, read_path(customer, path)) for path, value in payload.items())
+
+    def _skip(self, record: Record, reason: str) -> None:
+        self.result.skipped[reason] += 1
+        self.result.sample("skipped", f"{record.key}: {reason}")
+        return None
+
+    def _reject(self, record: Record, kind: str, reason: str) -> None:
+        self.result.rejections.append(Rejection(record.key, STEP, kind, reason))
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _execute(self, writes: Iterator[_Write]) -> None:
+        if self.options.dry_run:
+            for write in writes:
+                self._count(write, write.customer_ids or ("(new)",))
+            return
+        limit = self.options.concurrency * 4
+        with ThreadPoolExecutor(self.options.concurrency, thread_name_prefix="stripe") as pool:
+            running: dict[Future[tuple[str, ...]], _Write] = {}
+            try:
+                for write in writes:
+                    running[pool.submit(self._send, write)] = write
+                    if len(running) >= limit:
+                        self._collect(running, wait(running, return_when=FIRST_COMPLETED).done)
+                while running:
+                    self._collect(running, wait(running, return_when=FIRST_COMPLETED).done)
+            finally:
+                for future in running:
+                    future.cancel()
+                self._checkpoint(force=True)
+
+    def _send(self, write: _Write) -> tuple[str, ...]:
+        record = write.record
+        if not write.customer_ids:
+            params = to_params(self._with_match(record), creating=True)
+            key = hashlib.sha256(
+                f"{self.options.pipeline_id}\0{record.key}\0{write.digest}".encode()
+            ).hexdigest()
+            return (self.api.create(params, f"krenalis-{key[:40]}"),)
+        params = to_params(record.payload, creating=False)
+        return tuple(self.api.update(customer_id, params) for customer_id in write.customer_ids)
+
+    def _with_match(self, record: Record) -> dict[str, Any]:
+        field_ = self.options.stripe_field
+        return {**record.payload, field_: record.match_value}
+
+    def _collect(
+        self, running: dict[Future[tuple[str, ...]], _Write], done: set[Future[tuple[str, ...]]]
+    ) -> None:
+        for future in done:
+            write = running.pop(future)
+            try:
+                ids = future.result()
+            except RecordRejected as exc:
+                self._reject(write.record, "rejected by Stripe", str(exc))
+                continue
+            except RetryableSyncError as exc:
+                self.result.failed += 1
+                self.result.sample("failed", f"{write.record.key}: {exc}")
+                continue
+            self._count(write, ids)
+            self._confirm(write.record.key, LedgerEntry(write.record.match, ids, write.digest))
+
+    def _count(self, write: _Write, ids: tuple[str, ...]) -> None:
+        outcome = "updated" if write.customer_ids else "created"
+        setattr(self.result, outcome, getattr(self.result, outcome) + 1)
+        self.result.sample(outcome, f"{write.record.key} → {', '.join(ids)}")
+
+    def _confirm(self, key: str, entry: LedgerEntry) -> None:
+        if self.options.dry_run:
+            return
+        self._pending[key] = entry
+        self._checkpoint()
+
+    def _checkpoint(self, *, force: bool = False) -> None:
+        if self._pending and (force or len(self._pending) >= self.options.checkpoint_every):
+            self.ledger.record(self._pending)
+            self._pending = {}

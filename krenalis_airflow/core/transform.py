@@ -1,0 +1,65 @@
+"""The transform step: profile → Record (or Rejection), whatever the transformation language.
+
+This is where the export's matching rules are applied: the matching value is read and
+normalised here, and a profile without one is rejected, never created blank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from krenalis_airflow.core.records import Record, Rejection
+from krenalis_airflow.core.spec import PipelineSpec
+from krenalis_airflow.exceptions import TransformError
+
+Transform = Callable[[Mapping[str, Any]], dict[str, Any]]
+STEP = "transform"
+
+
+def normalise_match(stripe_field: str, value: Any) -> str:
+    """The comparable form of a matching value: emails ignore case and surrounding spaces."""
+    text = value if isinstance(value, str) else _text(value)
+    return text.strip().lower() if stripe_field == "email" else text
+
+
+def transform_profiles(
+    profiles: Iterable[Mapping[str, Any]], spec: PipelineSpec, transform: Transform
+) -> Iterator[Record | Rejection]:
+    matching = spec.export.matching
+    for profile in profiles:
+        key = _text(profile.get(spec.source.key))
+        raw = profile.get(matching.property)
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            yield Rejection(
+                key, STEP, "empty matching value", f"'{matching.property}' is empty; nothing to match on"
+            )
+            continue
+        try:
+            payload = {path: stripe_value(path, value) for path, value in transform(profile).items()}
+        except TransformError as exc:
+            yield Rejection(key, STEP, "transformation error", str(exc))
+            continue
+        match_value = raw.strip() if isinstance(raw, str) else _text(raw)
+        yield Record(key, normalise_match(matching.stripe, raw), match_value, payload)
+
+
+def stripe_value(path: str, value: Any) -> Any:
+    """Coerce a transformation output to what the Stripe API takes: strings, or a list for locales.
+
+    ``None`` and ``""`` both mean "clear this field".
+    """
+    if value is None or value == "":
+        return None
+    if path == "preferred_locales":
+        items = value if isinstance(value, list | tuple) else [value]
+        return [_text(item) for item in items if item not in (None, "")]
+    return _text(value)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return "" if value is None else str(value)

@@ -1,0 +1,117 @@
+"""Spec → plan → DAG. Every spec is loaded, planned and rendered on its own: one bad spec never
+hides, stalls or marks stale another pipeline's DAG.
+
+A spec that fails becomes a paused placeholder DAG (tag ``broken-spec``) whose description and
+docs show the error and whose only task fails with it, so the person who broke it sees why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, Param
+from airflow.sdk.exceptions import AirflowFailException
+
+from krenalis_airflow.core.plan import BrokenPlan, PipelinePlan, plan_broken, plan_pipeline
+from krenalis_airflow.core.spec import LoadedSpec, discover
+from krenalis_airflow.exceptions import SpecError, SpecProblem
+from krenalis_airflow.operators.profile_export import ProfileExportOperator
+
+log = logging.getLogger(__name__)
+START = datetime(2024, 1, 1, tzinfo=UTC)
+DEFAULT_ARGS = {"owner": "krenalis", "retries": 2}
+
+
+def pipelines_dir(default: str | Path) -> Path:
+    return Path(os.environ.get("KRENALIS_PIPELINES_DIR") or default)
+
+
+def build_dags(folder: str | Path) -> dict[str, DAG]:
+    """One DAG per spec file in ``folder`` (good or broken), keyed by dag_id."""
+    dags: dict[str, DAG] = {}
+    loaded = discover(folder)
+    taken = {item.spec.id for item in loaded if isinstance(item, LoadedSpec)}
+    for item in loaded:
+        if isinstance(item, LoadedSpec):
+            try:
+                dag = render(plan_pipeline(item))
+            except Exception as exc:  # Airflow refused what the spec asked for: show it like a spec error
+                item = SpecError(str(item.path), [SpecProblem("", f"Airflow rejected the pipeline: {exc}")])
+            else:
+                dags[dag.dag_id] = dag
+                continue
+        broken = plan_broken(item, taken | set(dags))
+        log.error(
+            "Pipeline spec %s is broken; it runs as the placeholder DAG %s:\n%s",
+            item.source,
+            broken.dag_id,
+            item,
+        )
+        dags[broken.dag_id] = render_broken(broken)
+    return dags
+
+
+def render(plan: PipelinePlan) -> DAG:
+    with DAG(
+        dag_id=plan.dag_id,
+        description=plan.description,
+        doc_md=plan.doc_md,
+        schedule=plan.schedule,
+        start_date=START,
+        catchup=False,
+        max_active_runs=1,
+        is_paused_upon_creation=plan.paused,
+        tags=set(plan.tags),
+        default_args=DEFAULT_ARGS,
+        params={
+            "dry_run": Param(
+                False, type="boolean", description="Compute everything, write nothing to Stripe."
+            ),
+            "full_resync": Param(
+                False, type="boolean", description="Ignore the ledger and compare with Stripe itself."
+            ),
+        },
+    ) as dag:
+        previous = None
+        for step in plan.steps:
+            task = ProfileExportOperator(
+                task_id=step.task_id,
+                spec=plan.spec,
+                step=step.step,
+                spec_file=plan.spec_file,
+                upstream_task_id=step.upstream,
+                doc_md=step.doc,
+            )
+            if previous is not None:
+                previous >> task
+            previous = task
+    dag.validate()
+    return dag
+
+
+def _fail(message: str) -> Any:
+    def report_spec_error() -> None:
+        raise AirflowFailException(message)
+
+    return report_spec_error
+
+
+def render_broken(plan: BrokenPlan) -> DAG:
+    from airflow.providers.standard.operators.python import PythonOperator
+
+    with DAG(
+        dag_id=plan.dag_id,
+        description=plan.description,
+        doc_md=plan.doc_md,
+        schedule=None,
+        start_date=START,
+        catchup=False,
+        is_paused_upon_creation=True,
+        tags=set(plan.tags),
+    ) as dag:
+        PythonOperator(task_id="report_spec_error", python_callable=_fail(plan.error), retries=0)
+    return dag

@@ -1,0 +1,73 @@
+"""``ProfileExportOperator``: runs one step of one pipeline. All logic lives in the core."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from krenalis_airflow.core.plan import STEPS
+from krenalis_airflow.core.spec import PipelineSpec
+from krenalis_airflow.exceptions import SpecError, TerminalSyncError
+from krenalis_airflow.operators import steps
+from krenalis_airflow.operators.storage import run_folder
+
+RUNNERS = {
+    "extract": steps.extract,
+    "transform": steps.transform,
+    "dedupe": steps.dedupe,
+    "upsert": steps.upsert,
+}
+
+
+class ProfileExportOperator(BaseOperator):
+    """Run ``step`` (extract, transform, dedupe or upsert) of the pipeline ``spec``.
+
+    Profiles travel between steps as files under the object-storage base; XCom carries only
+    paths and counts. Spec errors and terminal Stripe errors fail the task without retries;
+    transient failures raise so Airflow's retries take over.
+
+    :param spec: the validated pipeline spec.
+    :param step: which step to run.
+    :param spec_file: where the spec came from, for error messages.
+    :param upstream_task_id: the task whose XCom this step reads (None for extract).
+    """
+
+    template_fields: Sequence[str] = ()
+    ui_color: ClassVar[str] = "#e8e4ff"
+
+    def __init__(
+        self,
+        *,
+        spec: PipelineSpec,
+        step: str,
+        spec_file: str = "<spec>",
+        upstream_task_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if step not in STEPS:
+            raise ValueError(f"step must be one of {', '.join(STEPS)}, got {step!r}")
+        self.spec = spec
+        self.step = step
+        self.spec_file = spec_file
+        self.upstream_task_id = upstream_task_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        params = context.get("params") or {}
+        upstream = context["ti"].xcom_pull(task_ids=self.upstream_task_id) if self.upstream_task_id else {}
+        run = steps.StepRun(
+            spec=self.spec,
+            spec_file=self.spec_file,
+            folder=run_folder(self.spec.id, context["run_id"]),
+            upstream=upstream or {},
+            dry_run=bool(params.get("dry_run", False)),
+            full_resync=bool(params.get("full_resync", False)),
+            log=self.log,  # type: ignore[arg-type]
+        )
+        try:
+            return RUNNERS[self.step](run)
+        except (SpecError, TerminalSyncError) as exc:
+            raise AirflowFailException(str(exc)) from exc

@@ -1,0 +1,264 @@
+"""The four steps of a pipeline run, wiring the pure core to Airflow hooks and object storage.
+
+Each step reads its upstream's files, writes its own, and returns a small dict for XCom that
+carries the upstream's counts forward, so the last step can report the whole run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from airflow.providers.common.sql.hooks.sql import DbApiHook
+from airflow.sdk import BaseHook, ObjectStoragePath
+
+from krenalis_airflow.core import extract as sql
+from krenalis_airflow.core.dedupe import dedupe as dedupe_records
+from krenalis_airflow.core.ledger import Ledger
+from krenalis_airflow.core.mapping import MappingTransform, variables
+from krenalis_airflow.core.records import Record, Rejection, read_jsonl, read_records, write_jsonl
+from krenalis_airflow.core.spec import PipelineSpec
+from krenalis_airflow.core.stripe_api import StripeCustomers
+from krenalis_airflow.core.sync import Syncer, SyncOptions, SyncResult
+from krenalis_airflow.core.transform import transform_profiles
+from krenalis_airflow.exceptions import RetryableSyncError, SpecError, SpecProblem, TerminalSyncError
+from krenalis_airflow.hooks.stripe import StripeHook
+
+LOGGED_REJECTIONS = 100
+
+
+@dataclass(frozen=True)
+class StepRun:
+    spec: PipelineSpec
+    spec_file: str
+    folder: ObjectStoragePath
+    upstream: dict[str, Any]
+    dry_run: bool
+    full_resync: bool
+    log: logging.Logger
+
+    def file(self, name: str) -> ObjectStoragePath:
+        return self.folder / name
+
+
+def sql_hook(conn_id: str) -> DbApiHook:
+    hook = BaseHook.get_connection(conn_id).get_hook()
+    if not isinstance(hook, DbApiHook):
+        raise TerminalSyncError(
+            f"connection {conn_id!r} is a {type(hook).__name__}, not a SQL connection: point "
+            "source.conn_id (or state.conn_id) at a common-sql connection such as sqlite or postgres"
+        )
+    return hook
+
+
+@contextlib.contextmanager
+def _cursor(hook: DbApiHook) -> Iterator[tuple[Any, Any]]:
+    conn = hook.get_conn()
+    cursor = conn.cursor()
+    try:
+        yield conn, cursor
+    finally:
+        cursor.close()
+        conn.close()
+
+
+def extract(run: StepRun) -> dict[str, Any]:
+    source = run.spec.source
+    hook = sql_hook(source.conn_id)
+    with _cursor(hook) as (_, cursor):
+        cursor.execute(sql.probe_sql(source))
+        columns = sql.columns_of(cursor)
+        query, params = sql.select_sql(
+            source,
+            run.spec.filter,
+            columns,
+            hook.placeholder,
+            run.spec.export.order,
+            source_name=run.spec_file,
+        )
+        run.log.info("Extracting with: %s  -- params %s", query, params)
+        cursor.execute(sql.count_sql(source))
+        total = int(cursor.fetchone()[0])
+        path = run.file("profiles.jsonl")
+        with path.open("w") as out:
+            count = write_jsonl(out, sql.iter_rows(cursor, query, params))
+    run.log.info("Extracted %d of %d profiles (%d filtered out)", count, total, total - count)
+    return {"profiles": str(path), "columns": columns, "total": total, "extracted": count}
+
+
+def transform(run: StepRun) -> dict[str, Any]:
+    mapping = run.spec.transformation.mapping or {}
+    _check_columns(run, mapping)
+    fn = MappingTransform(mapping)
+    rejected: Counter[str] = Counter()
+    transformed = 0
+    records, rejections = run.file("records.jsonl"), run.file("rejected-transform.jsonl")
+    with (
+        ObjectStoragePath(run.upstream["profiles"]).open() as src,
+        records.open("w") as ok,
+        rejections.open("w") as bad,
+    ):
+        for item in transform_profiles(read_jsonl(src), run.spec, fn):
+            if isinstance(item, Rejection):
+                rejected[item.kind] += 1
+                write_jsonl(bad, [item])
+            else:
+                transformed += 1
+                write_jsonl(ok, [item])
+    _log_rejections(run, rejections)
+    run.log.info("Transformed %d profiles, rejected %d", transformed, rejected.total())
+    return {
+        **run.upstream,
+        "records": str(records),
+        "transformed": transformed,
+        "rejected": dict(rejected),
+        "rejection_files": [str(rejections)],
+    }
+
+
+def _check_columns(run: StepRun, mapping: dict[str, str]) -> None:
+    columns = set(run.upstream["columns"])
+    problems = [
+        SpecProblem(
+            f"transformation.mapping.{field}",
+            f"reads {', '.join(sorted(missing))}, not a column of the source; columns: {', '.join(sorted(columns))}",
+        )
+        for field, names in variables(mapping).items()
+        if (missing := names - columns)
+    ]
+    if problems:
+        raise SpecError(run.spec_file, problems)
+
+
+def _reader(path: str) -> Callable[[], Iterator[Record]]:
+    def records() -> Iterator[Record]:
+        with ObjectStoragePath(path).open() as stream:
+            yield from read_records(stream)
+
+    return records
+
+
+def dedupe(run: StepRun) -> dict[str, Any]:
+    export = run.spec.export
+    kept, duplicates = run.file("deduped.jsonl"), run.file("rejected-dedupe.jsonl")
+    count = dupes = 0
+    with kept.open("w") as ok, duplicates.open("w") as bad:
+        for item in dedupe_records(
+            _reader(run.upstream["records"]), export.duplicate_profiles, export.matching.stripe
+        ):
+            if isinstance(item, Rejection):
+                dupes += 1
+                write_jsonl(bad, [item])
+            else:
+                count += 1
+                write_jsonl(ok, [item])
+    _log_rejections(run, duplicates)
+    run.log.info("%d profiles left after dedupe, %d duplicates rejected", count, dupes)
+    rejected = dict(run.upstream["rejected"])
+    if dupes:
+        rejected["duplicate profile"] = dupes
+    return {
+        **run.upstream,
+        "deduped": str(kept),
+        "duplicates": dupes,
+        "rejected": rejected,
+        "rejection_files": [*run.upstream["rejection_files"], str(duplicates)],
+    }
+
+
+def upsert(run: StepRun) -> dict[str, Any]:
+    spec = run.spec
+    stripe_hook = StripeHook(spec.destination.conn_id)
+    api = StripeCustomers(stripe_hook.get_conn())
+    state = sql_hook(spec.state_conn_id)
+    options = SyncOptions(
+        pipeline_id=spec.id,
+        mode=spec.export.mode,
+        stripe_field=spec.export.matching.stripe,
+        duplicate_customers=spec.export.duplicate_customers,
+        dry_run=run.dry_run,
+        full_resync=run.full_resync,
+    )
+    run.log.info("Syncing to Stripe (%s mode key) with %s", stripe_hook.mode, options)
+    conn = state.get_conn()
+    try:
+        ledger = Ledger(conn, state.placeholder, spec.id, spec.state.table_prefix)
+        ledger.ensure_table()
+        result = Syncer(api, ledger, options).run(_reader(run.upstream["deduped"]))
+    finally:
+        conn.close()
+    summary = _summary(run, result)
+    _report(run, summary)
+    if result.failed:
+        raise RetryableSyncError(
+            f"{result.failed} profile(s) failed for transient reasons; they were not recorded as synced "
+            "and will be sent again by the retry or the next run"
+        )
+    return summary
+
+
+def _summary(run: StepRun, result: SyncResult) -> dict[str, Any]:
+    up = run.upstream
+    rejected = Counter(up["rejected"])
+    rejections = run.file("rejected-upsert.jsonl")
+    with rejections.open("w") as out:
+        write_jsonl(out, result.rejections)
+    rejected.update(r.kind for r in result.rejections)
+    summary = {
+        "pipeline": run.spec.id,
+        "dry_run": run.dry_run,
+        "full_resync": run.full_resync,
+        "extracted": up["extracted"],
+        "filtered_out": up["total"] - up["extracted"],
+        "transformed": up["transformed"],
+        "rejected": dict(rejected),
+        "rejected_total": rejected.total(),
+        "duplicates": up["duplicates"],
+        "created": result.created,
+        "updated": result.updated,
+        "unchanged": result.unchanged,
+        "skipped": dict(result.skipped),
+        "failed": result.failed,
+        "api_calls": dict(result.api_calls),
+        "samples": dict(result.samples),
+        "rejection_files": [*up["rejection_files"], str(rejections)],
+    }
+    with run.file("summary.json").open("w") as out:
+        json.dump(summary, out, indent=2)
+    return summary
+
+
+def _report(run: StepRun, summary: dict[str, Any]) -> None:
+    would = "would be " if run.dry_run else ""
+    rows = [
+        ("extracted", summary["extracted"], f"filtered out {summary['filtered_out']}"),
+        ("transformed", summary["transformed"], ""),
+        ("rejected", summary["rejected_total"], summary["rejected"] or ""),
+        ("duplicates", summary["duplicates"], ""),
+        (f"{would}created", summary["created"], ""),
+        (f"{would}updated", summary["updated"], ""),
+        ("unchanged", summary["unchanged"], ""),
+        ("skipped", sum(summary["skipped"].values()), summary["skipped"] or ""),
+        ("failed", summary["failed"], ""),
+        ("Stripe API calls", sum(summary["api_calls"].values()), summary["api_calls"] or ""),
+    ]
+    title = f"Pipeline {summary['pipeline']}" + (" (DRY RUN: nothing written)" if run.dry_run else "")
+    table = "\n".join(f"  {name:<18}{count:>8}  {detail}".rstrip() for name, count, detail in rows)
+    run.log.info("Sync summary — %s\n%s", title, table)
+    _log_rejections(run, run.file("rejected-upsert.jsonl"))
+
+
+def _log_rejections(run: StepRun, path: ObjectStoragePath) -> None:
+    shown = 0
+    with path.open() as stream:
+        for data in read_jsonl(stream):
+            if shown == LOGGED_REJECTIONS:
+                run.log.warning("… more rejected profiles in %s", path)
+                return
+            run.log.warning("Rejected profile %s (%s): %s", data["key"], data["step"], data["reason"])
+            shown += 1

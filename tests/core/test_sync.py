@@ -1,0 +1,230 @@
+"""The sync engine against real localstripe over HTTP, with an SQLite ledger. No Airflow here."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import stripe
+
+from krenalis_airflow.core.ledger import Ledger
+from krenalis_airflow.core.records import Record
+from krenalis_airflow.core.stripe_api import StripeCustomers
+from krenalis_airflow.core.sync import Syncer, SyncOptions, SyncResult
+from krenalis_airflow.exceptions import TerminalSyncError
+
+
+def record(key: str, email: str, **payload: Any) -> Record:
+    return Record(key, email.strip().lower(), email.strip(), payload)
+
+
+class RecordingApi(StripeCustomers):
+    """The real client, remembering the idempotency keys it sent."""
+
+    def __init__(self, client: stripe.StripeClient) -> None:
+        super().__init__(client)
+        self.keys: list[str] = []
+
+    def create(self, params: dict[str, Any], idempotency_key: str) -> str:
+        self.keys.append(idempotency_key)
+        return super().create(params, idempotency_key)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    conn = sqlite3.connect(tmp_path / "state.sqlite")
+    ledger = Ledger(conn, "?", "test_pipeline")
+    ledger.ensure_table()
+    return ledger
+
+
+@pytest.fixture
+def sync(stripe_client: stripe.StripeClient, ledger: Ledger) -> Callable[..., SyncResult]:
+    def run(records: list[Record], **options: Any) -> SyncResult:
+        opts = SyncOptions(
+            **{
+                "pipeline_id": "test_pipeline",
+                "mode": "create_and_update",
+                "stripe_field": "email",
+                **options,
+            }
+        )
+        return Syncer(StripeCustomers(stripe_client), ledger, opts).run(lambda: iter(records))
+
+    return run
+
+
+def customers(client: stripe.StripeClient) -> list[dict[str, Any]]:
+    return [c.to_dict() for c in client.v1.customers.list(params={"limit": 100}).auto_paging_iter()]
+
+
+def by_email(client: stripe.StripeClient) -> dict[str, dict[str, Any]]:
+    return {c["email"]: c for c in customers(client)}
+
+
+def test_first_run_creates_rerun_writes_nothing_and_k_changes_write_k(sync, stripe_client) -> None:
+    records = [
+        record(f"p{i}", f"user{i}@example.com", name=f"User {i}", **{"metadata.plan": "pro"})
+        for i in range(12)
+    ]
+    first = sync(records)
+    assert (first.created, first.updated, first.unchanged) == (12, 0, 0)
+    assert first.api_calls["customers.create"] == 12
+    stored = by_email(stripe_client)
+    assert stored["user3@example.com"]["name"] == "User 3"
+    assert stored["user3@example.com"]["metadata"] == {"plan": "pro"}
+
+    second = sync(records)
+    assert (second.created, second.updated, second.unchanged) == (0, 0, 12)
+    assert sum(second.api_calls.values()) == 0  # the ledger answers: not even a list call
+
+    changed = list(records)
+    for i in (2, 5, 7):
+        changed[i] = record(f"p{i}", f"user{i}@example.com", name=f"Renamed {i}", **{"metadata.plan": "pro"})
+    third = sync(changed)
+    assert (third.created, third.updated, third.unchanged) == (0, 3, 9)
+    assert dict(third.api_calls) == {"customers.update": 3}
+    assert by_email(stripe_client)["user5@example.com"]["name"] == "Renamed 5"
+    assert len(customers(stripe_client)) == 12
+
+
+def test_email_matching_ignores_case_and_spaces(sync, stripe_client) -> None:
+    existing = stripe_client.v1.customers.create(params={"email": " Ada@Example.COM ", "name": "Old"})
+    result = sync([record("p1", "ada@example.com", name="Ada Lovelace")])
+    assert (result.created, result.updated) == (0, 1)
+    assert stripe_client.v1.customers.retrieve(existing.id).name == "Ada Lovelace"
+    assert len(customers(stripe_client)) == 1
+
+
+def test_customer_already_holding_the_payload_is_not_written(sync, stripe_client) -> None:
+    stripe_client.v1.customers.create(
+        params={"email": "ada@example.com", "name": "Ada", "metadata": {"plan": "pro"}}
+    )
+    result = sync([record("p1", "ada@example.com", name="Ada", **{"metadata.plan": "pro"})])
+    assert (result.created, result.updated, result.unchanged) == (0, 0, 1)
+    assert "customers.update" not in result.api_calls
+    again = sync([record("p1", "ada@example.com", name="Ada", **{"metadata.plan": "pro"})])
+    assert sum(again.api_calls.values()) == 0  # recorded in the ledger without a write
+
+
+def test_create_only_and_update_only(sync, stripe_client) -> None:
+    stripe_client.v1.customers.create(params={"email": "old@example.com", "name": "Old"})
+    records = [
+        record("p1", "old@example.com", name="New name"),
+        record("p2", "new@example.com", name="Newcomer"),
+    ]
+    only_update = sync(records, mode="update_only")
+    assert (only_update.created, only_update.updated, sum(only_update.skipped.values())) == (0, 1, 1)
+    assert "new@example.com" not in by_email(stripe_client)
+
+    stripe_client.v1.customers.create(params={"email": "third@example.com", "name": "Third"})
+    only_create = sync([*records, record("p3", "third@example.com", name="Changed")], mode="create_only")
+    assert (only_create.created, only_create.updated) == (1, 0)
+    assert by_email(stripe_client)["third@example.com"]["name"] == "Third"  # never updated
+    assert by_email(stripe_client)["new@example.com"]["name"] == "Newcomer"
+
+
+def test_metadata_matching_creates_with_the_matched_key(stripe_client, ledger) -> None:
+    stripe_client.v1.customers.create(params={"name": "Known", "metadata": {"profile_id": "p1"}})
+    opts = SyncOptions(
+        pipeline_id="test_pipeline", mode="create_and_update", stripe_field="metadata.profile_id"
+    )
+    records = [
+        Record("p1", "p1", "p1", {"name": "Known renamed"}),
+        Record("p2", "p2", "p2", {"name": "Fresh"}),
+    ]
+    result = Syncer(StripeCustomers(stripe_client), ledger, opts).run(lambda: iter(records))
+    assert (result.created, result.updated) == (1, 1)
+    by_profile = {c["metadata"]["profile_id"]: c for c in customers(stripe_client)}
+    assert by_profile["p1"]["name"] == "Known renamed"
+    assert by_profile["p2"]["name"] == "Fresh"
+
+
+def test_id_matching_updates_by_customer_id(stripe_client, ledger) -> None:
+    target = stripe_client.v1.customers.create(params={"email": "x@example.com", "name": "Before"})
+    opts = SyncOptions(pipeline_id="test_pipeline", mode="update_only", stripe_field="id")
+    records = [
+        Record("p1", target.id, target.id, {"name": "After"}),
+        Record("p2", "cus_missing", "cus_missing", {}),
+    ]
+    result = Syncer(StripeCustomers(stripe_client), ledger, opts).run(lambda: iter(records))
+    assert (result.created, result.updated, sum(result.skipped.values())) == (0, 1, 1)
+    assert stripe_client.v1.customers.retrieve(target.id).name == "After"
+
+
+def test_duplicate_customers_reject_or_update_all(sync, stripe_client) -> None:
+    for _ in range(2):
+        stripe_client.v1.customers.create(params={"email": "twin@example.com", "name": "Twin"})
+    rejected = sync([record("p1", "twin@example.com", name="Both")])
+    assert rejected.updated == 0
+    assert [r.kind for r in rejected.rejections] == ["several Stripe customers"]
+    assert "matches 2 Stripe customers" in rejected.rejections[0].reason
+
+    updated = sync([record("p1", "twin@example.com", name="Both")], duplicate_customers="update_all")
+    assert updated.updated == 1
+    assert {c["name"] for c in customers(stripe_client)} == {"Both"}
+
+
+def test_null_clears_and_metadata_merges_key_by_key(sync, stripe_client) -> None:
+    existing = stripe_client.v1.customers.create(
+        params={
+            "email": "m@example.com",
+            "phone": "+39 333",
+            "metadata": {"keep": "me", "plan": "free", "old": "x"},
+        }
+    )
+    sync([record("p1", "m@example.com", phone=None, **{"metadata.plan": "pro", "metadata.old": None})])
+    after = stripe_client.v1.customers.retrieve(existing.id).to_dict()
+    assert after["phone"] in (None, "")
+    assert after["metadata"].get("keep") == "me"
+    assert after["metadata"].get("plan") == "pro"
+    assert after["metadata"].get("old") in (None, "")
+
+
+def test_dry_run_writes_nothing_and_records_nothing(sync, stripe_client, ledger) -> None:
+    result = sync(
+        [record("p1", "a@example.com", name="A"), record("p2", "b@example.com", name="B")], dry_run=True
+    )
+    assert result.created == 2
+    assert customers(stripe_client) == []
+    assert ledger.load() == {}
+    assert "customers.create" not in result.api_calls
+
+
+def test_full_resync_compares_with_stripe_itself(sync, stripe_client) -> None:
+    records = [record("p1", "a@example.com", name="A")]
+    sync(records)
+    customer = customers(stripe_client)[0]
+    stripe_client.v1.customers.update(customer["id"], params={"name": "Edited in Stripe"})
+    assert sync(records).updated == 0  # the ledger cannot see edits made in Stripe
+    repaired = sync(records, full_resync=True)
+    assert repaired.updated == 1
+    assert stripe_client.v1.customers.retrieve(customer["id"]).name == "A"
+
+
+def test_creates_carry_deterministic_idempotency_keys(stripe_client, tmp_path) -> None:
+    keys = []
+    for attempt in range(2):
+        conn = sqlite3.connect(tmp_path / f"state{attempt}.sqlite")
+        ledger = Ledger(conn, "?", "test_pipeline")
+        ledger.ensure_table()
+        api = RecordingApi(stripe_client)
+        opts = SyncOptions(
+            pipeline_id="test_pipeline", mode="create_only", stripe_field="email", concurrency=1
+        )
+        Syncer(api, ledger, opts).run(lambda: iter([record("p1", "z@example.com", name="Z")]))
+        keys.append(api.keys)
+        stripe_client.v1.customers.delete(customers(stripe_client)[0]["id"])
+    assert keys[0] == keys[1] and len(keys[0]) == 1
+    assert keys[0][0].startswith("krenalis-")
+
+
+def test_bad_key_fails_terminally_without_recording(stripe_url: str, ledger: Ledger) -> None:
+    client = stripe.StripeClient("rk_test_not_allowed", base_addresses={"api": stripe_url})
+    opts = SyncOptions(pipeline_id="test_pipeline", mode="create_and_update", stripe_field="email")
+    with pytest.raises(TerminalSyncError, match="401"):
+        Syncer(StripeCustomers(client), ledger, opts).run(lambda: iter([record("p1", "a@example.com")]))
+    assert ledger.load() == {}
