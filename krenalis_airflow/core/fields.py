@@ -83,3 +83,31 @@ def same_value(desired: Any, actual: Any) -> bool:
     if desired in (None, "", []) and actual in (None, "", []):
         return True
     return bool(desired == actual)
+
+
+# Stripe replaces a nested hash (address, shipping) whole on update: parts not sent are wiped.
+# A payload that writes only some parts is completed from the customer's current values, so
+# that parts the pipeline does not write stay untouched.
+GROUPS = {
+    "address": tuple(f"address.{part}" for part in ADDRESS_PARTS),
+    "shipping": ("shipping.name", "shipping.phone", *(f"shipping.address.{part}" for part in ADDRESS_PARTS)),
+}
+
+
+def partial_groups(payload: Mapping[str, Any]) -> list[str]:
+    """The nested hashes the payload writes only in part."""
+    return [
+        group
+        for group, parts in GROUPS.items()
+        if any(p in payload for p in parts) and not all(p in payload for p in parts)
+    ]
+
+
+def complete_groups(payload: Mapping[str, Any], customer: Mapping[str, Any]) -> dict[str, Any]:
+    """``payload`` plus the current values of the parts it leaves out of partially written hashes."""
+    completed = dict(payload)
+    for group in partial_groups(payload):
+        for path in GROUPS[group]:
+            if path not in completed and (current := read_path(customer, path)) not in (None, ""):
+                completed[path] = current
+    return completed

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from krenalis_airflow.exceptions import TransformError
@@ -53,7 +53,9 @@ class MappingTransform:
         payload: dict[str, Any] = {}
         for field, expression in self._compiled:
             try:
-                payload[field] = expression(**profile)
+                payload[field] = value = expression(**profile)
+                if isinstance(value, Undefined):  # a bare missing name or unsafe attribute
+                    value._fail_with_undefined_error()
             except Exception as exc:  # any failure of a user expression rejects the profile
                 raise TransformError(f"{field}: {type(exc).__name__}: {exc}") from exc
         return payload

@@ -90,7 +90,7 @@ def plan_broken(error: SpecError, taken: set[str]) -> BrokenPlan:
 def _declared_id(path: Path) -> str | None:
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return None
     found = re.search(r"^id:\s*([a-z][a-z0-9_]*)\s*(#.*)?$", text, re.M)
     return found.group(1) if found else None

@@ -6,6 +6,7 @@ Every model forbids unknown keys. ``load_spec`` collects *all* problems of a fil
 
 from __future__ import annotations
 
+import builtins
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -164,7 +165,7 @@ class Matching(_Model):
             raise ValueError(problem)
         return value
 
-    @property
+    @builtins.property  # the field named "property" shadows the builtin inside this class
     def metadata_key(self) -> str | None:
         return self.stripe.removeprefix("metadata.") if self.stripe.startswith("metadata.") else None
 
@@ -318,6 +319,9 @@ def load_spec(path: str | Path) -> PipelineSpec:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(source, [SpecProblem("", f"cannot read the file: {exc.strerror}")]) from exc
+    except UnicodeDecodeError as exc:
+        message = f"the file is not UTF-8 text: {exc.reason} at byte {exc.start}; save it as UTF-8"
+        raise SpecError(source, [SpecProblem("", message)]) from exc
     return parse_spec(text, source)
 
 
@@ -340,8 +344,30 @@ def parse_spec(text: str, source: str = "<spec>") -> PipelineSpec:
     try:
         return PipelineSpec.model_validate(data)
     except ValidationError as exc:
-        errors = [err for err in exc.errors() if not _cascade(err)]
-        raise SpecError(source, [_problem(err, data, lines) for err in errors]) from exc
+        problems = []
+        for err in exc.errors():
+            if err["loc"] == ("transformation", "mapping") and err["type"] == "value_error":
+                problems += _mapping_problems(data["transformation"]["mapping"], lines)
+            elif not _cascade(err):
+                problems.append(_problem(err, data, lines))
+        raise SpecError(source, problems) from exc
+
+
+def _mapping_problems(mapping: dict[str, Any], lines: dict[tuple[str | int, ...], int]) -> list[SpecProblem]:
+    """The mapping's problems one per field, each pointing at the field's own line."""
+    found = [(path, p) for path in mapping if (p := field_problem(path))] + syntax_problems(mapping)
+    if not found:
+        return [
+            SpecProblem(
+                "transformation.mapping",
+                "mapping is empty; map at least one Stripe field",
+                lines.get(("transformation", "mapping")),
+            )
+        ]
+    return [
+        SpecProblem(f"transformation.mapping.{path}", message, lines.get(("transformation", "mapping", path)))
+        for path, message in found
+    ]
 
 
 def _cascade(err: Any) -> bool:

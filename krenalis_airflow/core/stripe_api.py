@@ -59,13 +59,13 @@ class StripeCustomers:
                 yield {name: data.get(name) for name in LIST_FIELDS}
             if not page.has_more or not page.data:
                 return
-            last = page.data[-1].id
-            page = self._call(
-                "customers.list",
-                lambda last=last: self._client.v1.customers.list(
-                    params={"limit": 100, "starting_after": last}
-                ),
-            )
+            after: dict[str, Any] = {"limit": 100, "starting_after": page.data[-1].id}
+            page = self._call("customers.list", lambda: self._client.v1.customers.list(params=after))  # type: ignore[arg-type]  # noqa: B023
+
+    def retrieve(self, customer_id: str) -> dict[str, Any]:
+        customer = self._call("customers.retrieve", lambda: self._client.v1.customers.retrieve(customer_id))
+        data = customer.to_dict()
+        return {name: data.get(name) for name in LIST_FIELDS}
 
     def create(self, params: dict[str, Any], idempotency_key: str) -> str:
         customer = self._call(

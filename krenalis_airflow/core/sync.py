@@ -25,7 +25,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from krenalis_airflow.core.fields import read_path, same_value, to_params
+from krenalis_airflow.core.fields import complete_groups, partial_groups, read_path, same_value, to_params
 from krenalis_airflow.core.ledger import LedgerEntry, payload_hash
 from krenalis_airflow.core.records import Record, Rejection
 from krenalis_airflow.core.stripe_api import RecordRejected
@@ -41,6 +41,7 @@ class CustomerApi(Protocol):
     calls: Counter[str]
 
     def list_all(self) -> Iterator[dict[str, Any]]: ...
+    def retrieve(self, customer_id: str) -> dict[str, Any]: ...
     def create(self, params: dict[str, Any], idempotency_key: str) -> str: ...
     def update(self, customer_id: str, params: dict[str, Any]) -> str: ...
 
@@ -82,7 +83,8 @@ class SyncResult:
 class _Write:
     record: Record
     digest: str
-    customer_ids: tuple[str, ...]  # empty → create
+    customer_ids: tuple[str, ...] = ()  # empty → create
+    customers: tuple[dict[str, Any], ...] = ()  # their current state, when already listed
 
 
 class Syncer:
@@ -136,20 +138,22 @@ class Syncer:
                 self.result.unchanged += 1
                 return None
             if opts.mode == "create_only":
-                return self._skip(record, "exists; create_only never updates")
+                self._skip(record, "exists; create_only never updates")
+                return None
             return _Write(record, digest, entry.customer_ids)
         assert index is not None  # built whenever a record misses the ledger
         matches = index.get(record.match, [])
         if not matches:
             if opts.mode == "update_only":
-                return self._skip(record, f"no Stripe customer has this {opts.stripe_field}")
+                self._skip(record, f"no Stripe customer has this {opts.stripe_field}")
+                return None
             return _Write(record, digest, ())
         if len(matches) > 1 and opts.duplicate_customers == "reject":
-            ids = ", ".join(c["id"] for c in matches[:SAMPLES])
+            listed = ", ".join(c["id"] for c in matches[:SAMPLES])
             self._reject(
                 record,
                 "several Stripe customers",
-                f"{opts.stripe_field} {record.match!r} matches {len(matches)} Stripe customers ({ids}); "
+                f"{opts.stripe_field} {record.match!r} matches {len(matches)} Stripe customers ({listed}); "
                 "set duplicate_customers: update_all to update them all",
             )
             return None
@@ -158,12 +162,13 @@ class Syncer:
             # Known to exist: remember the customer, but with no payload hash, so that a later
             # switch to an updating mode still sends the payload.
             self._confirm(record.key, LedgerEntry(record.match, ids, ""))
-            return self._skip(record, "already in Stripe; create_only never updates")
+            self._skip(record, "already in Stripe; create_only never updates")
+            return None
         if all(self._holds(c, record.payload) for c in matches):
             self.result.unchanged += 1
             self._confirm(record.key, LedgerEntry(record.match, ids, digest))
             return None
-        return _Write(record, digest, ids)
+        return _Write(record, digest, ids, tuple(matches))
 
     @staticmethod
     def _holds(customer: dict[str, Any], payload: dict[str, Any]) -> bool:
@@ -172,7 +177,6 @@ class Syncer:
     def _skip(self, record: Record, reason: str) -> None:
         self.result.skipped[reason] += 1
         self.result.sample("skipped", f"{record.key}: {reason}")
-        return None
 
     def _reject(self, record: Record, kind: str, reason: str) -> None:
         self.result.rejections.append(Rejection(record.key, STEP, kind, reason))
@@ -207,8 +211,15 @@ class Syncer:
                 f"{self.options.pipeline_id}\0{record.key}\0{write.digest}".encode()
             ).hexdigest()
             return (self.api.create(params, f"krenalis-{key[:40]}"),)
-        params = to_params(record.payload, creating=False)
-        return tuple(self.api.update(customer_id, params) for customer_id in write.customer_ids)
+        known = {c["id"]: c for c in write.customers}
+        updated = []
+        for customer_id in write.customer_ids:
+            payload = record.payload
+            if partial_groups(payload):
+                current = known.get(customer_id) or self.api.retrieve(customer_id)
+                payload = complete_groups(payload, current)
+            updated.append(self.api.update(customer_id, to_params(payload, creating=False)))
+        return tuple(updated)
 
     def _with_match(self, record: Record) -> dict[str, Any]:
         field_ = self.options.stripe_field

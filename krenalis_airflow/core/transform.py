@@ -18,9 +18,13 @@ STEP = "transform"
 
 
 def normalise_match(stripe_field: str, value: Any) -> str:
-    """The comparable form of a matching value: emails ignore case and surrounding spaces."""
-    text = value if isinstance(value, str) else _text(value)
-    return text.strip().lower() if stripe_field == "email" else text
+    """The comparable form of a matching value.
+
+    Surrounding spaces never count (the value written on create is trimmed too, so a trimmed
+    and an untrimmed profile value must find the same customer); emails also ignore case.
+    """
+    text = (value if isinstance(value, str) else _text(value)).strip()
+    return text.lower() if stripe_field == "email" else text
 
 
 def transform_profiles(

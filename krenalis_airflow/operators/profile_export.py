@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
@@ -36,7 +36,7 @@ class ProfileExportOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ()
-    ui_color: ClassVar[str] = "#e8e4ff"
+    ui_color = "#e8e4ff"
 
     def __init__(
         self,

@@ -228,3 +228,19 @@ def test_bad_key_fails_terminally_without_recording(stripe_url: str, ledger: Led
     with pytest.raises(TerminalSyncError, match="401"):
         Syncer(StripeCustomers(client), ledger, opts).run(lambda: iter([record("p1", "a@example.com")]))
     assert ledger.load() == {}
+
+
+def test_partial_address_keeps_the_parts_the_pipeline_does_not_write(sync, stripe_client) -> None:
+    """Stripe replaces a nested hash whole; the engine sends the unwritten parts back unchanged."""
+    existing = stripe_client.v1.customers.create(
+        params={
+            "email": "addr@example.com",
+            "address": {"line1": "Via Roma 1", "city": "Milano", "country": "IT"},
+        }
+    )
+    first = sync([record("p1", "addr@example.com", **{"address.city": "Torino"})])  # found through the index
+    assert first.updated == 1
+    second = sync([record("p1", "addr@example.com", **{"address.city": "Roma"})])  # found through the ledger
+    assert second.updated == 1 and second.api_calls["customers.retrieve"] == 1
+    address = stripe_client.v1.customers.retrieve(existing.id).to_dict()["address"]
+    assert (address["line1"], address["city"], address["country"]) == ("Via Roma 1", "Roma", "IT")

@@ -1,0 +1,219 @@
+"""StripeHook: an Airflow connection turned into a cached ``stripe.StripeClient``.
+
+A thin wrapper around the SDK (like the slack provider's hook). The connection holds:
+
+* password: a secret key (``sk_…``) or a restricted key (``rk_…``) with Customers: write;
+* host (optional): the API base URL, e.g. ``http://127.0.0.1:8420`` for localstripe; empty means
+  ``https://api.stripe.com``, and a host without a scheme gets ``https://``;
+* extras ``max_network_retries`` (default 2) and ``timeout`` in seconds (default 80), declared as
+  form fields in ``krenalis_airflow.get_provider_info``.
+
+Every hook builds its own client, so two connections (or two accounts) can be used side by side;
+the global ``stripe.api_key`` is never touched. The key never appears in logs, exception messages
+or ``repr`` (Airflow additionally masks connection passwords in task logs).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+import stripe
+from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
+
+from krenalis_airflow.exceptions import TerminalSyncError
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
+DEFAULT_MAX_NETWORK_RETRIES = 2
+DEFAULT_TIMEOUT = 80.0
+KNOWN_EXTRAS = frozenset({"max_network_retries", "timeout"})
+KEY_FIX = "set the connection's password to a secret or restricted key with Customers: write"
+
+# Anything shaped like a Stripe key, including Stripe's masked echoes ("sk_test_****abcd").
+_KEY_PATTERN = re.compile(r"\b[a-z]{2,5}_(?:test|live)_[A-Za-z0-9*]+")
+
+
+@dataclass(frozen=True)
+class StripeSettings:
+    """What a client needs, read and checked from one Airflow connection."""
+
+    api_key: str = field(repr=False)
+    api_base: str
+    max_network_retries: int
+    timeout: float
+
+    @property
+    def mode(self) -> Literal["test", "live"]:
+        return "test" if self.api_key.startswith(("sk_test_", "rk_test_")) else "live"
+
+
+def settings_from_connection(conn: Connection) -> StripeSettings:
+    """Check the connection's fields; raise ``TerminalSyncError`` saying what to fix."""
+    extra = conn.extra_dejson
+    return StripeSettings(
+        api_key=_api_key(conn.conn_id, conn.password),
+        api_base=_api_base(conn.conn_id, conn.host, conn.port),
+        max_network_retries=_retries_extra(conn.conn_id, extra),
+        timeout=_timeout_extra(conn.conn_id, extra),
+    )
+
+
+def _api_key(conn_id: str, password: str | None) -> str:
+    key = (password or "").strip()
+    if key.startswith(("sk_", "rk_")) and len(key) > 3:
+        return key
+    if not key:
+        found = "the password is empty"
+    elif key.startswith("pk_"):
+        found = "it holds a publishable key (pk_…), which cannot read or write customers"
+    else:
+        found = "it does not hold a Stripe API key"
+    raise TerminalSyncError(f"Stripe connection {conn_id!r}: {found}; {KEY_FIX} (it starts with sk_ or rk_).")
+
+
+def _api_base(conn_id: str, host: str | None, port: int | None) -> str:
+    base = (host or "").strip().rstrip("/")
+    if not base:
+        return stripe.DEFAULT_API_BASE
+    if "://" not in base:
+        base = f"https://{base}"
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise TerminalSyncError(
+            f"Stripe connection {conn_id!r}: the host must be an API base URL such as "
+            "https://api.stripe.com or http://127.0.0.1:8420 (or empty for Stripe itself)."
+        )
+    if port and parts.port is None:  # URI-style connections put the port in its own field
+        base = parts._replace(netloc=f"{parts.netloc}:{port}").geturl()
+    return base
+
+
+def _retries_extra(conn_id: str, extra: dict[str, Any]) -> int:
+    value = extra.get("max_network_retries")
+    if value is None or value == "":
+        return DEFAULT_MAX_NETWORK_RETRIES
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TerminalSyncError(
+            f"Stripe connection {conn_id!r}: extra 'max_network_retries' must be a whole number >= 0, "
+            f"got {value!r}."
+        )
+    return value
+
+
+def _timeout_extra(conn_id: str, extra: dict[str, Any]) -> float:
+    value = extra.get("timeout")
+    if value is None or value == "":
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = 0.0
+    if isinstance(value, bool) or not seconds > 0 or seconds == float("inf"):
+        raise TerminalSyncError(
+            f"Stripe connection {conn_id!r}: extra 'timeout' must be a number of seconds > 0, got {value!r}."
+        )
+    return seconds
+
+
+def redact(text: str, key: str | None = None) -> str:
+    """Remove the key (and anything shaped like a Stripe key) from a message."""
+    if key:
+        text = text.replace(key, "<api key>")
+    return _KEY_PATTERN.sub("<api key>", text)
+
+
+class StripeHook(BaseHook):
+    """Give operators a ``stripe.StripeClient`` configured from an Airflow connection.
+
+    :param stripe_conn_id: the Airflow connection (type ``stripe``) to use.
+    """
+
+    conn_name_attr = "stripe_conn_id"
+    default_conn_name = "stripe_default"
+    conn_type = "stripe"
+    hook_name = "Stripe"
+
+    def __init__(self, stripe_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.stripe_conn_id = stripe_conn_id
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(stripe_conn_id={self.stripe_conn_id!r})"
+
+    @cached_property
+    def settings(self) -> StripeSettings:
+        """The connection's settings, read once (raises ``TerminalSyncError`` if unusable)."""
+        conn = self.get_connection(self.stripe_conn_id)
+        settings = settings_from_connection(conn)
+        unknown = sorted(set(conn.extra_dejson) - KNOWN_EXTRAS)
+        if unknown:
+            self.log.warning("Stripe connection %r: ignoring unknown extras %s", self.stripe_conn_id, unknown)
+        return settings
+
+    @cached_property
+    def client(self) -> stripe.StripeClient:
+        """The client, built on first use and reused afterwards."""
+        settings = self.settings
+        self.log.info(
+            "Stripe connection %r: %s mode, %s, %d network retries, %ss timeout",
+            self.stripe_conn_id,
+            settings.mode,
+            settings.api_base,
+            settings.max_network_retries,
+            settings.timeout,
+        )
+        return stripe.StripeClient(
+            settings.api_key,
+            base_addresses={"api": settings.api_base},
+            max_network_retries=settings.max_network_retries,
+            http_client=stripe.new_default_http_client(timeout=settings.timeout),
+        )
+
+    def get_conn(self) -> stripe.StripeClient:
+        return self.client
+
+    @property
+    def mode(self) -> Literal["test", "live"]:
+        """``"test"`` for ``sk_test_``/``rk_test_`` keys, else ``"live"``."""
+        return self.settings.mode
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Prove the key can read customers (lists one); say what to fix when it cannot."""
+        try:
+            settings = self.settings
+            self.client.v1.customers.list(params={"limit": 1})
+        except (TerminalSyncError, AirflowNotFoundException) as error:
+            return False, str(error)
+        except stripe.StripeError as error:
+            return False, self._explain(error)
+        return True, (
+            f"Connected to Stripe at {settings.api_base} ({settings.mode} mode): the key can read "
+            "customers. Syncing also needs Customers: write, which is not tested here."
+        )
+
+    def _explain(self, error: stripe.StripeError) -> str:
+        base = self.settings.api_base
+        said = redact(error.user_message or "", self.settings.api_key)
+        if isinstance(error, stripe.AuthenticationError):
+            return (
+                f"Stripe at {base} rejected the API key (401): it is invalid, revoked or mistyped; {KEY_FIX}."
+            )
+        if isinstance(error, stripe.PermissionError):
+            return (
+                f"The API key is not allowed to read customers (403): give the restricted key "
+                f"Customers: read and Customers: write, or use a secret key. Stripe said: {said}"
+            )
+        if isinstance(error, stripe.APIConnectionError):
+            return (
+                f"Could not reach Stripe at {base}: check the connection's host (the API base URL; "
+                "leave it empty for https://api.stripe.com) and the network."
+            )
+        return f"Stripe at {base} answered HTTP {error.http_status}: {said}"

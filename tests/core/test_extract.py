@@ -1,0 +1,431 @@
+"""The extraction query (probe, select, count) and row streaming, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from krenalis_airflow.core.extract import (
+    columns_of,
+    count_sql,
+    iter_rows,
+    json_value,
+    probe_sql,
+    select_sql,
+    statement,
+)
+from krenalis_airflow.core.spec import Group, Source
+from krenalis_airflow.exceptions import SpecError
+
+PG_DSN = "host=127.0.0.1 dbname=test user=postgres"
+COLUMNS = ["id", "email", "plan", "orders", "updated_at"]
+ROWS: list[tuple[Any, ...]] = [
+    (1, "a@x.com", "free", 3, "2024-03-01 00:00:00"),
+    (2, "b@example.com", "pro", 12, None),
+    (3, "c@x.com", "pro", 7, "2024-01-01 00:00:00"),
+    (4, "d@example.com", "free", 0, "2024-06-01 00:00:00"),
+    (5, "e@x.com", None, 40, "2024-03-01 00:00:00"),
+]
+DDL = "CREATE TABLE {table} (id integer PRIMARY KEY, email text, plan text, orders integer, updated_at {ts})"
+
+
+@dataclass
+class Backend:
+    name: str
+    conn: Any
+    placeholder: str
+    schema: str | None  # PostgreSQL schema holding the tables
+
+    def table(self, name: str) -> str:
+        return f"{self.schema}.{name}" if self.schema else name
+
+    def ids(
+        self, source: Source, group: Group | None = None, order: tuple[str, bool] | None = None
+    ) -> list[Any]:
+        """Probe the source, then extract it, the way the operator does."""
+        cursor = self.conn.cursor()
+        cursor.execute(probe_sql(source))
+        sql, params = select_sql(source, group, columns_of(cursor), self.placeholder, order)
+        return [row["id"] for row in iter_rows(cursor, sql, params)]
+
+
+def pg_connect(driver: str) -> Any:
+    if driver == "psycopg2":
+        import psycopg2
+
+        conn = psycopg2.connect(PG_DSN)
+    else:
+        import psycopg
+
+        conn = psycopg.connect(PG_DSN)
+    conn.autocommit = True
+    return conn
+
+
+def _fill(conn: Any, placeholder: str, table: str, ts_type: str) -> None:
+    cursor = conn.cursor()
+    cursor.execute(DDL.format(table=table, ts=ts_type))
+    # A table named with a reserved word: it only works if the name is quoted.
+    quoted = ".".join(f'"{part}"' for part in table.replace("profiles", "order").split("."))
+    cursor.execute(f"CREATE TABLE {quoted} (id integer, total integer)")
+    cursor.execute(f"INSERT INTO {quoted} VALUES (1, 10)")
+    marks = ", ".join([placeholder] * len(COLUMNS))
+    cursor.executemany(f"INSERT INTO {table} VALUES ({marks})", ROWS)
+
+
+@pytest.fixture(scope="module")
+def pg_schema() -> Iterator[str]:
+    """A uniquely named schema with ``profiles`` and ``"order"``; dropped at the end of the module."""
+    try:
+        conn = pg_connect("psycopg2")
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"PostgreSQL at {PG_DSN} is not reachable: {exc}")
+    schema = f"krenalis_extract_{uuid.uuid4().hex[:8]}"
+    conn.cursor().execute(f"CREATE SCHEMA {schema}")
+    _fill(conn, "%s", f"{schema}.profiles", "timestamp")
+    yield schema
+    conn.cursor().execute(f"DROP SCHEMA {schema} CASCADE")
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def sqlite_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("extract") / "warehouse.db"
+    conn = sqlite3.connect(path)
+    _fill(conn, "?", "profiles", "TIMESTAMP")
+    conn.commit()
+    conn.close()
+    return path
+
+
+@pytest.fixture(scope="module", params=["sqlite", "psycopg2", "psycopg3"])
+def db(request: pytest.FixtureRequest, sqlite_path: Path) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        conn = sqlite3.connect(sqlite_path)
+        yield Backend("sqlite", conn, "?", None)
+    else:
+        schema = request.getfixturevalue("pg_schema")
+        conn = pg_connect(request.param)
+        yield Backend(request.param, conn, "%s", schema)
+    conn.close()
+
+
+def table_source(db: Backend, name: str = "profiles", key: str = "id") -> Source:
+    return Source(conn_id="warehouse", table=db.table(name), key=key)
+
+
+def query_source(query: str, key: str = "id") -> Source:
+    return Source(conn_id="warehouse", query=query, key=key)
+
+
+def group(*conditions: dict[str, Any], logical: str = "and") -> Group:
+    return Group.model_validate({"logical": logical, "conditions": list(conditions)})
+
+
+def cond(prop: str, operator: str, *values: str) -> dict[str, Any]:
+    return {"property": prop, "operator": operator, "values": list(values)}
+
+
+# --------------------------------------------------------------------------------------------
+# Probe and count
+
+
+def test_probe_returns_the_columns_and_no_rows(db: Backend) -> None:
+    cursor = db.conn.cursor()
+    cursor.execute(probe_sql(table_source(db)))
+    assert columns_of(cursor) == COLUMNS
+    assert cursor.fetchall() == []
+
+
+def test_table_names_are_quoted_part_by_part(db: Backend) -> None:
+    source = table_source(db, "order")
+    sql = probe_sql(source)
+    assert ('"order" AS src' in sql) and (db.schema is None or f'"{db.schema}"."order"' in sql)
+    assert db.ids(source) == [1]
+
+
+def test_count_is_the_total_before_filtering(db: Backend) -> None:
+    cursor = db.conn.cursor()
+    cursor.execute(count_sql(table_source(db)))
+    assert cursor.fetchone()[0] == len(ROWS)
+
+
+# --------------------------------------------------------------------------------------------
+# Query sources
+
+
+def test_query_source_works_like_a_table(db: Backend) -> None:
+    source = query_source(f"SELECT id, email, orders FROM {db.table('profiles')} WHERE orders > 1")
+    cursor = db.conn.cursor()
+    cursor.execute(probe_sql(source))
+    assert columns_of(cursor) == ["id", "email", "orders"]
+    assert db.ids(source) == [1, 2, 3, 5]
+    assert db.ids(source, group(cond("orders", "is less than", "10"))) == [1, 3]
+    cursor.execute(count_sql(source))
+    assert cursor.fetchone()[0] == 4
+
+
+def test_query_with_percent_semicolon_and_trailing_comment(db: Backend) -> None:
+    """psycopg reads % as a placeholder when parameters are passed: select_sql escapes it."""
+    query = f"""
+        WITH p AS (SELECT * FROM {db.table("profiles")})
+        SELECT id, email, plan, '100%' AS label FROM p WHERE email LIKE '%@example.com';  -- example users
+    """
+    source = query_source(query)
+    cursor = db.conn.cursor()
+    cursor.execute(probe_sql(source))  # no parameters: % stays single
+    assert columns_of(cursor) == ["id", "email", "plan", "label"]
+    cursor.execute(count_sql(source))
+    assert cursor.fetchone()[0] == 2
+    assert db.ids(source) == [2, 4]  # empty parameter list
+    assert db.ids(source, group(cond("plan", "is", "pro"))) == [2]
+    sql, params = select_sql(source, None, ["id", "email", "plan", "label"], db.placeholder, None)
+    rows = list(iter_rows(db.conn.cursor(), sql, params))
+    assert [row["label"] for row in rows] == ["100%", "100%"]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("SELECT 1;", "SELECT 1"),
+        ("  SELECT 1 ;; \n", "SELECT 1"),
+        ("SELECT 1; -- everyone\n\n", "SELECT 1"),
+        ("SELECT 1 /* all */ ;", "SELECT 1"),
+        ("SELECT 1 -- first\nFROM t -- second", "SELECT 1 -- first\nFROM t"),
+        ("SELECT ';--' AS a", "SELECT ';--' AS a"),
+        ("SELECT 'it''s;' AS \"a;--\"", "SELECT 'it''s;' AS \"a;--\""),
+    ],
+)
+def test_statement_drops_what_ends_the_query(query: str, expected: str) -> None:
+    assert statement(query) == expected
+
+
+def test_query_expression_columns_filter_by_type_when_cast(db: Backend) -> None:
+    """SQLite gives an expression column no type; the documented fix, CAST, works everywhere."""
+    source = query_source(
+        f"SELECT id, CAST(orders * 2 AS INTEGER) AS double_orders FROM {db.table('profiles')}"
+    )
+    assert db.ids(source, group(cond("double_orders", "is greater than", "20"))) == [2, 5]
+    assert db.ids(source, group(cond("double_orders", "is one of", "6", "14"))) == [1, 3]
+
+
+# --------------------------------------------------------------------------------------------
+# Order
+
+
+def test_default_order_is_the_key_ascending(db: Backend) -> None:
+    source = table_source(db)
+    assert db.ids(source) == [1, 2, 3, 4, 5]
+    assert db.ids(query_source(f"SELECT * FROM {db.table('profiles')} ORDER BY id DESC")) == [1, 2, 3, 4, 5]
+
+
+def test_order_by_column_then_key_with_nulls_last(db: Backend) -> None:
+    source = table_source(db)
+    # updated_at: 1 → 03-01, 2 → NULL, 3 → 01-01, 4 → 06-01, 5 → 03-01 (tie broken by id)
+    assert db.ids(source, order=("updated_at", True)) == [4, 1, 5, 3, 2]
+    assert db.ids(source, order=("updated_at", False)) == [3, 1, 5, 4, 2]
+    assert db.ids(source, order=("plan", False)) == [1, 4, 2, 3, 5]
+    assert db.ids(source, order=("id", True)) == [5, 4, 3, 2, 1]
+
+
+def test_filter_and_order_together(db: Backend) -> None:
+    sql, params = select_sql(
+        table_source(db), group(cond("plan", "is not", "pro")), COLUMNS, db.placeholder, ("orders", True)
+    )
+    assert sql.endswith('ORDER BY ("orders" IS NULL), "orders" DESC, "id"')
+    assert params == ["pro"]
+    assert [row["id"] for row in iter_rows(db.conn.cursor(), sql, params)] == [5, 1, 4]
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+def test_every_unknown_column_in_one_spec_error(db: Backend) -> None:
+    source = table_source(db, key="customer_id")
+    with pytest.raises(SpecError) as caught:
+        select_sql(
+            source,
+            group(cond("plan", "is", "pro"), cond("plna", "is null")),
+            COLUMNS,
+            db.placeholder,
+            ("updated", True),
+            source_name="pipelines/vip.yaml",
+        )
+    problems = {p.path: p.message for p in caught.value.problems}
+    assert list(problems) == ["source.key", "export.order_by", "filter.conditions[1].property"]
+    assert problems["source.key"].startswith(
+        "no column 'customer_id' in the source; available columns: id, email"
+    )
+    assert "did you mean 'updated_at'?" in problems["export.order_by"]
+    assert "did you mean 'plan'?" in problems["filter.conditions[1].property"]
+    assert caught.value.source == "pipelines/vip.yaml"
+
+
+def test_duplicate_column_names_are_a_spec_error(db: Backend) -> None:
+    source = query_source(
+        f"SELECT p.id, q.id, p.email FROM {db.table('profiles')} p JOIN {db.table('profiles')} q ON true"
+    )
+    with pytest.raises(SpecError) as caught:
+        select_sql(source, None, ["id", "id", "email"], db.placeholder, None)
+    assert [(p.path, p.message) for p in caught.value.problems] == [
+        ("source.query", "the source has more than one column named 'id'; alias them apart")
+    ]
+
+
+def test_columns_of_needs_a_result() -> None:
+    cursor = sqlite3.connect(":memory:").cursor()
+    cursor.execute("CREATE TABLE t (a)")
+    with pytest.raises(ValueError, match="no result columns"):
+        columns_of(cursor)
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming
+
+
+class FetchmanyOnly:
+    """A cursor that only allows fetchmany, and counts the calls."""
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+        self.batches: list[int] = []
+
+    def execute(self, sql: str, params: Any) -> None:
+        self._cursor.execute(sql, params)
+
+    @property
+    def description(self) -> Any:
+        return self._cursor.description
+
+    def fetchmany(self, size: int) -> list[Any]:
+        rows = self._cursor.fetchmany(size)
+        self.batches.append(len(rows))
+        return rows
+
+    def fetchall(self) -> list[Any]:
+        raise AssertionError("iter_rows must not fetch everything at once")
+
+    def fetchone(self) -> Any:
+        raise AssertionError("iter_rows must fetch in batches")
+
+    def __iter__(self) -> Any:
+        raise AssertionError("iter_rows must fetch in batches")
+
+
+def test_iter_rows_streams_with_fetchmany(db: Backend) -> None:
+    cursor = FetchmanyOnly(db.conn.cursor())
+    sql, params = select_sql(table_source(db), None, COLUMNS, db.placeholder, None)
+    rows = iter_rows(cursor, sql, params, batch_size=2)
+    stamp = "2024-03-01 00:00:00" if db.name == "sqlite" else "2024-03-01T00:00:00"
+    assert next(rows) == {"id": 1, "email": "a@x.com", "plan": "free", "orders": 3, "updated_at": stamp}
+    assert cursor.batches == [2]  # lazily: one batch read for the first row
+    assert [row["id"] for row in rows] == [2, 3, 4, 5]
+    assert cursor.batches == [2, 2, 1, 0]
+
+
+def test_iter_rows_of_an_empty_result(db: Backend) -> None:
+    nothing = group(cond("orders", "is greater than", "1000"))
+    sql, params = select_sql(table_source(db), nothing, COLUMNS, db.placeholder, None)
+    assert list(iter_rows(db.conn.cursor(), sql, params)) == []
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg3"])
+def test_iter_rows_with_a_server_side_cursor(pg_schema: str, driver: str) -> None:
+    """A named cursor streams from the server; psycopg2 gives it no description before the first fetch."""
+    conn = pg_connect(driver)
+    conn.autocommit = False  # named cursors live in a transaction
+    try:
+        source = Source(conn_id="warehouse", table=f"{pg_schema}.profiles", key="id")
+        sql, params = select_sql(source, group(cond("plan", "is not", "free")), COLUMNS, "%s", None)
+        cursor = conn.cursor(name="krenalis_stream")
+        assert [row["id"] for row in iter_rows(cursor, sql, params, batch_size=2)] == [2, 3, 5]
+        cursor.close()
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+# --------------------------------------------------------------------------------------------
+# JSON-serialisable values
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (Decimal("100.00"), 100),
+        (Decimal("1E+3"), 1000),
+        (Decimal("123456789012345678901234567890"), 123456789012345678901234567890),
+        (Decimal("250.50"), 250.5),
+        (Decimal("-0.1"), -0.1),
+        (dt.datetime(2024, 3, 1, 12, 30, 5, 120000), "2024-03-01T12:30:05.120000"),
+        (dt.datetime(2024, 3, 1, 12, 30, tzinfo=dt.UTC), "2024-03-01T12:30:00+00:00"),
+        (dt.date(2024, 2, 29), "2024-02-29"),
+        (dt.time(8, 15), "08:15:00"),
+        (b"\x00\xffA", "00ff41"),
+        (memoryview(b"\x01\x02"), "0102"),
+        (bytearray(b"\x10"), "10"),
+        (uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+        (True, True),
+        (False, False),
+        (0, 0),
+        (1.5, 1.5),
+        ("text", "text"),
+        (None, None),
+        ([Decimal("1"), dt.date(2024, 1, 1)], [1, "2024-01-01"]),
+        ({"a": Decimal("2.5"), "b": [b"\x01"]}, {"a": 2.5, "b": ["01"]}),
+        (dt.timedelta(days=1, hours=2), "1 day, 2:00:00"),
+    ],
+    ids=repr,
+)
+def test_json_value(value: Any, expected: Any) -> None:
+    converted = json_value(value)
+    assert converted == expected and type(converted) is type(expected)
+
+
+def test_sqlite_values_are_json_ready(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "types.db")
+    conn.execute("CREATE TABLE t (id INTEGER, r REAL, b BLOB, s TEXT, n INTEGER)")
+    conn.execute("INSERT INTO t VALUES (1, 2.5, x'00ff', 'é', NULL)")
+    rows = list(iter_rows(conn.cursor(), "SELECT * FROM t", []))
+    assert rows == [{"id": 1, "r": 2.5, "b": "00ff", "s": "é", "n": None}]
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg3"])
+def test_postgres_values_are_json_ready(pg_schema: str, driver: str) -> None:
+    conn = pg_connect(driver)
+    query = """SELECT 100.00::numeric AS whole, 250.50::numeric(10, 2) AS part, true AS flag,
+        timestamp '2024-03-01 12:30:00' AS ts, timestamptz '2024-03-01 12:30:00+00' AS tstz,
+        date '2024-02-29' AS d, time '08:15:00' AS t, '\\x00ff'::bytea AS raw,
+        'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid AS u, '{"a": [1, 2.5]}'::jsonb AS doc,
+        ARRAY[1, 2] AS arr, 9000000000::bigint AS big, 1.5::real AS r, NULL::text AS nothing"""
+    conn.cursor().execute("SET TIME ZONE 'UTC'")
+    (row,) = iter_rows(conn.cursor(), query, [])
+    conn.close()
+    assert row == {
+        "whole": 100,
+        "part": 250.5,
+        "flag": True,
+        "ts": "2024-03-01T12:30:00",
+        "tstz": "2024-03-01T12:30:00+00:00",
+        "d": "2024-02-29",
+        "t": "08:15:00",
+        "raw": "00ff",
+        "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        "doc": {"a": [1, 2.5]},
+        "arr": [1, 2],
+        "big": 9000000000,
+        "r": 1.5,
+        "nothing": None,
+    }
+    assert type(row["whole"]) is int and type(row["flag"]) is bool
+    json.dumps(row, allow_nan=False)

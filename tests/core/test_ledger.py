@@ -1,0 +1,253 @@
+"""The ledger on real databases: a SQLite file and PostgreSQL (psycopg2), plus ``payload_hash``.
+
+Every PostgreSQL test uses its own table prefix and drops its table at the end.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from krenalis_airflow.core.ledger import Ledger, LedgerEntry, payload_hash
+from krenalis_airflow.core.records import Record
+
+PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+
+
+@dataclass
+class Backend:
+    name: str
+    placeholder: str
+    prefix: str
+    connect: Callable[[], Any]  # a new connection to the same database
+    conn: Any
+
+    def ledger(self, pipeline_id: str = "pipe", conn: Any = None) -> Ledger:
+        return Ledger(conn or self.conn, self.placeholder, pipeline_id, self.prefix)
+
+    @property
+    def table(self) -> str:
+        return f"{self.prefix}ledger"
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        conn = self.connect()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(sql.replace("?", self.placeholder), params)
+            rows = [tuple(row) for row in cursor.fetchall()]
+            cursor.close()
+            return rows
+        finally:
+            conn.close()
+
+
+def _sqlite(tmp_path: Path) -> Iterator[Backend]:
+    path = tmp_path / "ledger.db"
+
+    def connect() -> Any:
+        return sqlite3.connect(path)
+
+    conn = connect()
+    yield Backend("sqlite", "?", "krenalis_", connect, conn)
+    conn.close()
+
+
+def _postgres() -> Iterator[Backend]:
+    psycopg2 = pytest.importorskip("psycopg2")
+
+    def connect() -> Any:
+        return psycopg2.connect(PG_DSN)
+
+    try:
+        conn = connect()
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"PostgreSQL at {PG_DSN} is not reachable: {exc}")
+    prefix = f"t_{uuid.uuid4().hex}_"
+    yield Backend("postgres", "%s", prefix, connect, conn)
+    conn.rollback()
+    cursor = conn.cursor()
+    cursor.execute(f"DROP TABLE IF EXISTS {prefix}ledger")
+    conn.commit()
+    conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from _sqlite(tmp_path) if request.param == "sqlite" else _postgres()
+
+
+ENTRIES = {
+    "p1": LedgerEntry("ada@x.com", ("cus_1",), "a" * 64),
+    "p2": LedgerEntry("bob@x.com", ("cus_2", "cus_3", "cus_4"), "b" * 64),
+    "p3": LedgerEntry("carol@x.com", (), ""),
+    "p 4/ü": LedgerEntry("dave's@x.com", ("cus_5",), "c" * 64),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Table
+
+
+def test_ensure_table_creates_the_prefixed_table(db: Backend) -> None:
+    ledger = db.ledger()
+    assert ledger.table == f"{db.prefix}ledger"
+    ledger.ensure_table()
+    assert db.query(f"SELECT COUNT(*) FROM {db.table}") == [(0,)]
+    assert ledger.load() == {}
+
+
+def test_ensure_table_is_idempotent_and_keeps_rows(db: Backend) -> None:
+    ledger = db.ledger()
+    ledger.ensure_table()
+    ledger.ensure_table()
+    ledger.record(ENTRIES)
+    ledger.ensure_table()
+    db.ledger(conn=db.conn).ensure_table()
+    assert ledger.load() == ENTRIES
+
+
+# --------------------------------------------------------------------------------------------
+# Round trips
+
+
+def test_record_then_load_round_trips_entries(db: Backend) -> None:
+    ledger = db.ledger()
+    ledger.ensure_table()
+    assert ledger.record(ENTRIES) == 4
+    loaded = ledger.load()
+    assert loaded == ENTRIES
+    assert loaded["p2"].customer_ids == ("cus_2", "cus_3", "cus_4")
+    assert loaded["p3"].customer_ids == ()
+
+
+def test_record_commits_so_another_connection_sees_the_rows(db: Backend) -> None:
+    db.ledger().ensure_table()
+    db.ledger().record(ENTRIES)
+    other = db.connect()
+    try:
+        assert db.ledger(conn=other).load() == ENTRIES
+    finally:
+        other.close()
+
+
+def test_record_accepts_pairs_and_returns_the_count(db: Backend) -> None:
+    ledger = db.ledger()
+    ledger.ensure_table()
+    pairs = (item for item in [("k1", ENTRIES["p1"]), ("k2", ENTRIES["p2"])])
+    assert ledger.record(pairs) == 2
+    assert ledger.record({}) == 0
+    assert ledger.record([]) == 0
+    assert ledger.load() == {"k1": ENTRIES["p1"], "k2": ENTRIES["p2"]}
+
+
+def test_record_stores_a_utc_timestamp(db: Backend) -> None:
+    ledger = db.ledger()
+    ledger.ensure_table()
+    before = datetime.now().astimezone()
+    ledger.record({"p1": ENTRIES["p1"]})
+    [(synced_at,)] = db.query(f"SELECT synced_at FROM {db.table} WHERE profile_key = ?", ("p1",))
+    stamp = datetime.fromisoformat(synced_at)
+    assert stamp.utcoffset() is not None
+    assert stamp.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+    assert abs((stamp - before).total_seconds()) < 60
+
+
+def test_load_reads_more_rows_than_one_fetch(db: Backend) -> None:
+    ledger = db.ledger()
+    ledger.ensure_table()
+    many = {f"k{i:05d}": LedgerEntry(f"{i}@x.com", (f"cus_{i}",), f"{i:064d}") for i in range(10_007)}
+    assert ledger.record(many) == 10_007
+    assert ledger.load() == many
+
+
+# --------------------------------------------------------------------------------------------
+# Upsert
+
+
+def test_re_recording_a_key_updates_it(db: Backend) -> None:
+    ledger = db.ledger()
+    ledger.ensure_table()
+    ledger.record(ENTRIES)
+    changed = LedgerEntry("ada.new@x.com", ("cus_9", "cus_10"), "d" * 64)
+    assert ledger.record({"p1": changed}) == 1
+    assert ledger.load() == {**ENTRIES, "p1": changed}
+    assert db.query(f"SELECT COUNT(*) FROM {db.table} WHERE profile_key = ?", ("p1",)) == [(1,)]
+    assert db.query(f"SELECT COUNT(*) FROM {db.table}") == [(4,)]
+
+
+def test_re_recording_through_a_new_ledger_object_updates_it(db: Backend) -> None:
+    db.ledger().ensure_table()
+    db.ledger().record({"p1": ENTRIES["p1"]})
+    cleared = LedgerEntry("ada@x.com", (), "")
+    db.ledger().record({"p1": cleared})
+    assert db.ledger().load() == {"p1": cleared}
+
+
+# --------------------------------------------------------------------------------------------
+# Pipelines
+
+
+def test_entries_are_per_pipeline(db: Backend) -> None:
+    first, second = db.ledger("pipe_a"), db.ledger("pipe_b")
+    first.ensure_table()
+    second.ensure_table()
+    entry_a = LedgerEntry("ada@x.com", ("cus_a",), "a" * 64)
+    entry_b = LedgerEntry("ada@other.com", ("cus_b",), "b" * 64)
+    first.record({"p1": entry_a, "only_a": ENTRIES["p2"]})
+    second.record({"p1": entry_b})
+    assert first.load() == {"p1": entry_a, "only_a": ENTRIES["p2"]}
+    assert second.load() == {"p1": entry_b}
+    assert db.ledger("pipe_c").load() == {}
+    # Updating one pipeline's row leaves the other's row with the same key alone.
+    newer = LedgerEntry("ada@x.com", ("cus_a2",), "e" * 64)
+    first.record({"p1": newer})
+    assert first.load()["p1"] == newer
+    assert second.load() == {"p1": entry_b}
+    assert db.query(f"SELECT COUNT(*) FROM {db.table}") == [(3,)]
+
+
+# --------------------------------------------------------------------------------------------
+# payload_hash
+
+
+BASE = Record("p1", "ada@x.com", "Ada@X.com", {"name": "Ada", "metadata.plan": "pro", "phone": None})
+
+
+def test_payload_hash_is_a_stable_sha256_hex_digest() -> None:
+    digest = payload_hash(BASE)
+    assert len(digest) == 64
+    assert int(digest, 16) >= 0
+    assert payload_hash(Record("p1", "ada@x.com", "Ada@X.com", dict(BASE.payload))) == digest
+
+
+def test_payload_hash_ignores_dict_key_order() -> None:
+    reordered = Record(BASE.key, BASE.match, BASE.match_value, dict(reversed(list(BASE.payload.items()))))
+    assert list(reordered.payload) != list(BASE.payload)
+    assert payload_hash(reordered) == payload_hash(BASE)
+
+
+def test_payload_hash_ignores_the_profile_key() -> None:
+    assert payload_hash(Record("other", BASE.match, BASE.match_value, BASE.payload)) == payload_hash(BASE)
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        Record("p1", "ada2@x.com", "Ada@X.com", BASE.payload),  # match
+        Record("p1", "ada@x.com", "ada@x.com", BASE.payload),  # match_value (only its case)
+        Record("p1", "ada@x.com", "Ada@X.com", {**BASE.payload, "name": "Ada L"}),  # a value
+        Record("p1", "ada@x.com", "Ada@X.com", {**BASE.payload, "phone": ""}),  # None → ""
+        Record("p1", "ada@x.com", "Ada@X.com", {**BASE.payload, "description": None}),  # a new path
+        Record("p1", "ada@x.com", "Ada@X.com", {"name": "Ada", "metadata.plan": "pro"}),  # a dropped path
+        Record("p1", "ada@x.com", "Ada@X.com", {**BASE.payload, "metadata.plan": ["pro"]}),  # a list
+    ],
+)
+def test_payload_hash_changes_with_what_a_write_depends_on(changed: Record) -> None:
+    assert payload_hash(changed) != payload_hash(BASE)

@@ -1,0 +1,119 @@
+"""The extraction core through Airflow's own hooks, with connections from ``AIRFLOW_CONN_*``.
+
+``hook.placeholder`` is what the operator passes to ``select_sql``: ``?`` for SqliteHook and
+``%s`` for PostgresHook, whose ``get_conn()`` returns a psycopg 3 connection when psycopg and
+SQLAlchemy 2 are installed (as here), psycopg2 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+from krenalis_airflow.core.extract import columns_of, count_sql, iter_rows, probe_sql, select_sql
+from krenalis_airflow.core.spec import Group, Source
+
+PG_DSN = "host=127.0.0.1 dbname=test user=postgres"
+ROWS = [
+    (1, "a@x.com", "free", 5, "100.50", 1),
+    (2, "b@x.com", "pro", 12, "20", 0),
+    (3, "c@x.com", None, 7, None, None),
+]
+VIP_OR_NO_PLAN = Group.model_validate(
+    {
+        "logical": "or",
+        "conditions": [
+            {"property": "vip", "operator": "is true"},
+            {"property": "plan", "operator": "is not", "values": ["pro"]},
+        ],
+    }
+)
+
+
+def extract(hook: DbApiHook, table: str) -> tuple[list[dict[str, Any]], int]:
+    """What the operator's extract step does: probe, select, stream, count."""
+    source = Source(conn_id="warehouse", table=table, key="id")
+    conn = hook.get_conn()
+    try:
+        cursor = conn.cursor()
+        cursor.execute(probe_sql(source))
+        sql, params = select_sql(
+            source, VIP_OR_NO_PLAN, columns_of(cursor), hook.placeholder, ("orders", True)
+        )
+        rows = list(iter_rows(cursor, sql, params))
+        cursor.execute(count_sql(source))
+        return rows, cursor.fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def sqlite_conn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    path = tmp_path / "warehouse.db"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE profiles (id INTEGER, email TEXT, plan TEXT, orders INTEGER, ltv REAL, vip INTEGER)"
+    )
+    conn.executemany("INSERT INTO profiles VALUES (?, ?, ?, ?, ?, ?)", ROWS)
+    conn.commit()
+    conn.close()
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE_LITE", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    return "warehouse_lite"
+
+
+@pytest.fixture
+def postgres_conn(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        admin = psycopg2.connect(PG_DSN)
+    except psycopg2.OperationalError as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"PostgreSQL at {PG_DSN} is not reachable: {exc}")
+    admin.autocommit = True
+    schema = f"krenalis_hooks_{uuid.uuid4().hex[:8]}"
+    cursor = admin.cursor()
+    cursor.execute(f"CREATE SCHEMA {schema}")
+    cursor.execute(
+        f"CREATE TABLE {schema}.profiles (id integer, email text, plan text, orders integer,"
+        " ltv numeric(10, 2), vip boolean)"
+    )
+    rows = [(*row[:5], None if row[5] is None else bool(row[5])) for row in ROWS]
+    cursor.executemany(f"INSERT INTO {schema}.profiles VALUES (%s, %s, %s, %s, %s, %s)", rows)
+    conn = {"conn_type": "postgres", "host": "127.0.0.1", "schema": "test", "login": "postgres"}
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE_PG", json.dumps(conn))
+    yield "warehouse_pg", schema
+    cursor.execute(f"DROP SCHEMA {schema} CASCADE")
+    admin.close()
+
+
+def test_sqlite_hook(sqlite_conn: str) -> None:
+    from airflow.providers.sqlite.hooks.sqlite import SqliteHook
+
+    hook = SqliteHook(sqlite_conn_id=sqlite_conn)
+    assert hook.placeholder == "?"
+    rows, total = extract(hook, "profiles")
+    assert total == 3
+    assert rows == [
+        {"id": 3, "email": "c@x.com", "plan": None, "orders": 7, "ltv": None, "vip": None},
+        {"id": 1, "email": "a@x.com", "plan": "free", "orders": 5, "ltv": 100.5, "vip": 1},
+    ]
+
+
+def test_postgres_hook(postgres_conn: tuple[str, str]) -> None:
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    conn_id, schema = postgres_conn
+    hook = PostgresHook(postgres_conn_id=conn_id)
+    assert hook.placeholder == "%s"
+    rows, total = extract(hook, f"{schema}.profiles")
+    assert total == 3
+    assert rows == [
+        {"id": 3, "email": "c@x.com", "plan": None, "orders": 7, "ltv": None, "vip": None},
+        {"id": 1, "email": "a@x.com", "plan": "free", "orders": 5, "ltv": 100.5, "vip": True},
+    ]
