@@ -64,6 +64,14 @@ OPERATORS: dict[str, int | str] = {
 }
 
 
+class KeyedError(ValueError):
+    """A cross-field check's error that knows which key it is about (for the file:line report)."""
+
+    def __init__(self, path: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -94,6 +102,8 @@ class Condition(_Model):
     @classmethod
     def _values_are_strings(cls, value: Any) -> Any:
         if isinstance(value, list):
+            if any(v is None for v in value):
+                raise ValueError("a value is null; to select missing values use the operator 'is null'")
             return [v if isinstance(v, str) else _scalar_text(v) for v in value]
         return value
 
@@ -187,8 +197,9 @@ class Export(_Model):
     @model_validator(mode="after")
     def _id_needs_update_only(self) -> Export:
         if self.matching.stripe == "id" and self.mode != "update_only":
-            raise ValueError(
-                "matching on Stripe 'id' only works with mode: update_only (ids cannot be created)"
+            raise KeyedError(
+                ("matching", "stripe"),
+                "matching on Stripe 'id' only works with mode: update_only (ids cannot be created)",
             )
         return self
 
@@ -252,9 +263,9 @@ class PipelineSpec(_Model):
     @field_validator("schedule", mode="before")
     @classmethod
     def _schedule(cls, value: Any) -> Any:
-        if value is None or not isinstance(value, str):
+        if value is None:
             return value
-        if value in INTERVALS or value in PRESETS or _is_cron(value):
+        if isinstance(value, str) and (value in INTERVALS or value in PRESETS or _is_cron(value)):
             return value
         raise ValueError(
             f"{value!r} is not a schedule; use one of {', '.join(INTERVALS)}, "
@@ -266,9 +277,10 @@ class PipelineSpec(_Model):
         matched = self.export.matching.stripe
         mapping = self.transformation.mapping or {}
         if matched != "id" and matched in mapping:
-            raise ValueError(
+            raise KeyedError(
+                ("transformation", "mapping", matched),
                 f"transformation.mapping writes {matched!r}, the matched Stripe field; it is set "
-                f"from '{self.export.matching.property}' automatically — remove it from the mapping"
+                f"from '{self.export.matching.property}' automatically — remove it from the mapping",
             )
         return self
 
@@ -403,6 +415,9 @@ def _problem(err: Any, data: Any, lines: dict[tuple[str | int, ...], int]) -> Sp
     path: list[str | int] = []
     node = data
     loc = err["loc"]
+    keyed = (err.get("ctx") or {}).get("error")
+    if isinstance(keyed, KeyedError):
+        loc = (*loc, *keyed.path)
     for index, part in enumerate(loc):
         last = index == len(loc) - 1
         # pydantic adds union tags ("condition", "group") that are not keys of the data: skip them.

@@ -173,6 +173,8 @@ def dedupe(run: StepRun) -> dict[str, Any]:
 
 def upsert(run: StepRun) -> dict[str, Any]:
     spec = run.spec
+    # The SDK logs two INFO lines per request, and request/response bodies (personal data) at DEBUG.
+    logging.getLogger("stripe").setLevel(logging.WARNING)
     stripe_hook = StripeHook(spec.destination.conn_id)
     api = StripeCustomers(stripe_hook.get_conn())
     state = sql_hook(spec.state_conn_id)
