@@ -46,6 +46,12 @@ def matching_problem(stripe_field: str) -> str | None:
     return f"cannot match on {stripe_field!r}; allowed: email, id, metadata.<key>"
 
 
+def unit_of(path: str) -> str:
+    """The unit a path is written in: a top-level param (``address`` for ``address.city``), or one
+    metadata key. Updates send whole units, so a changed unit is the smallest thing sent."""
+    return path if path.startswith(METADATA_PREFIX) else path.split(".", 1)[0]
+
+
 def to_params(payload: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
     """Turn a flat payload into nested Stripe params.
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from krenalis_airflow.core.fields import unit_of
 from krenalis_airflow.core.records import Record
 
 
@@ -23,12 +24,28 @@ class LedgerEntry:
     match: str
     customer_ids: tuple[str, ...]
     payload_hash: str
+    field_hashes: str = ""  # JSON {unit: short hash}: which parts of the payload changed since
+
+    def fields(self) -> dict[str, str]:
+        return dict(json.loads(self.field_hashes)) if self.field_hashes else {}
 
 
 def payload_hash(record: Record) -> str:
     """A stable hash of everything a write depends on: the matching value and the payload."""
     canonical = json.dumps([record.match, record.match_value, record.payload], sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def field_hashes(payload: Mapping[str, Any]) -> str:
+    """Short per-unit hashes of a payload, so an update can send only the units that changed."""
+    units: dict[str, dict[str, Any]] = {}
+    for path, value in payload.items():
+        units.setdefault(unit_of(path), {})[path] = value
+    digests = {
+        unit: hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        for unit, values in units.items()
+    }
+    return json.dumps(digests, sort_keys=True, separators=(",", ":"))
 
 
 class Ledger:
@@ -48,6 +65,7 @@ class Ledger:
             " match_value TEXT NOT NULL,"
             " customer_ids TEXT NOT NULL,"
             " payload_hash VARCHAR(64) NOT NULL,"
+            " field_hashes TEXT NOT NULL,"
             " synced_at VARCHAR(40) NOT NULL,"
             " PRIMARY KEY (pipeline_id, profile_key))"
         )
@@ -57,14 +75,14 @@ class Ledger:
         cursor = self._conn.cursor()
         try:
             cursor.execute(
-                f"SELECT profile_key, match_value, customer_ids, payload_hash FROM {self.table}"
+                f"SELECT profile_key, match_value, customer_ids, payload_hash, field_hashes FROM {self.table}"
                 f" WHERE pipeline_id = {self._ph}",
                 (self._pipeline,),
             )
             entries = {}
             while rows := cursor.fetchmany(10_000):
-                for key, match, ids, digest in rows:
-                    entries[key] = LedgerEntry(match, tuple(ids.split(",")) if ids else (), digest)
+                for key, match, ids, digest, fields in rows:
+                    entries[key] = LedgerEntry(match, tuple(ids.split(",")) if ids else (), digest, fields)
             return entries
         finally:
             cursor.close()
@@ -75,16 +93,18 @@ class Ledger:
         if not items:
             return 0
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        ph = ", ".join([self._ph] * 6)
+        ph = ", ".join([self._ph] * 7)
         sql = (
             f"INSERT INTO {self.table}"
-            " (pipeline_id, profile_key, match_value, customer_ids, payload_hash, synced_at)"
+            " (pipeline_id, profile_key, match_value, customer_ids, payload_hash, field_hashes, synced_at)"
             f" VALUES ({ph}) ON CONFLICT (pipeline_id, profile_key) DO UPDATE SET"
             " match_value = excluded.match_value, customer_ids = excluded.customer_ids,"
-            " payload_hash = excluded.payload_hash, synced_at = excluded.synced_at"
+            " payload_hash = excluded.payload_hash, field_hashes = excluded.field_hashes,"
+            " synced_at = excluded.synced_at"
         )
         rows = [
-            (self._pipeline, key, e.match, ",".join(e.customer_ids), e.payload_hash, now) for key, e in items
+            (self._pipeline, key, e.match, ",".join(e.customer_ids), e.payload_hash, e.field_hashes, now)
+            for key, e in items
         ]
         cursor = self._conn.cursor()
         try:

@@ -22,11 +22,18 @@ import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
-from krenalis_airflow.core.fields import complete_groups, partial_groups, read_path, same_value, to_params
-from krenalis_airflow.core.ledger import LedgerEntry, payload_hash
+from krenalis_airflow.core.fields import (
+    complete_groups,
+    partial_groups,
+    read_path,
+    same_value,
+    to_params,
+    unit_of,
+)
+from krenalis_airflow.core.ledger import LedgerEntry, field_hashes, payload_hash
 from krenalis_airflow.core.records import Record, Rejection
 from krenalis_airflow.core.stripe_api import RecordRejected
 from krenalis_airflow.core.transform import normalise_match
@@ -82,9 +89,10 @@ class SyncResult:
 @dataclass(frozen=True)
 class _Write:
     record: Record
-    digest: str
+    entry: LedgerEntry  # what the ledger records once Stripe confirms (customer ids filled in then)
     customer_ids: tuple[str, ...] = ()  # empty → create
     customers: tuple[dict[str, Any], ...] = ()  # their current state, when already listed
+    units: frozenset[str] | None = None  # on update, the payload units to send (None: all)
 
 
 class Syncer:
@@ -131,23 +139,25 @@ class Syncer:
         self, record: Record, entries: dict[str, LedgerEntry], index: dict[str, list[dict[str, Any]]] | None
     ) -> _Write | None:
         opts = self.options
-        digest = payload_hash(record)
+        done = LedgerEntry(record.match, (), payload_hash(record), field_hashes(record.payload))
         entry = entries.get(record.key)
         if entry is not None and entry.match == record.match and entry.customer_ids:
-            if entry.payload_hash == digest:
+            if entry.payload_hash == done.payload_hash:
                 self.result.unchanged += 1
                 return None
             if opts.mode == "create_only":
                 self._skip(record, "exists; create_only never updates")
                 return None
-            return _Write(record, digest, entry.customer_ids)
+            before, now = entry.fields(), done.fields()
+            units = frozenset(u for u in now if before.get(u) != now[u]) if before else None
+            return self._update(record, replace(done, customer_ids=entry.customer_ids), (), units)
         assert index is not None  # built whenever a record misses the ledger
         matches = index.get(record.match, [])
         if not matches:
             if opts.mode == "update_only":
                 self._skip(record, f"no Stripe customer has this {opts.stripe_field}")
                 return None
-            return _Write(record, digest, ())
+            return _Write(record, done)
         if len(matches) > 1 and opts.duplicate_customers == "reject":
             listed = ", ".join(c["id"] for c in matches[:SAMPLES])
             self._reject(
@@ -164,15 +174,26 @@ class Syncer:
             self._confirm(record.key, LedgerEntry(record.match, ids, ""))
             self._skip(record, "already in Stripe; create_only never updates")
             return None
-        if all(self._holds(c, record.payload) for c in matches):
-            self.result.unchanged += 1
-            self._confirm(record.key, LedgerEntry(record.match, ids, digest))
-            return None
-        return _Write(record, digest, ids, tuple(matches))
+        units = frozenset(
+            unit_of(path)
+            for path, value in record.payload.items()
+            if not all(same_value(value, read_path(c, path)) for c in matches)
+        )
+        return self._update(record, replace(done, customer_ids=ids), tuple(matches), units)
 
-    @staticmethod
-    def _holds(customer: dict[str, Any], payload: dict[str, Any]) -> bool:
-        return all(same_value(value, read_path(customer, path)) for path, value in payload.items())
+    def _update(
+        self,
+        record: Record,
+        done: LedgerEntry,
+        customers: tuple[dict[str, Any], ...],
+        units: frozenset[str] | None,
+    ) -> _Write | None:
+        """An update of the changed units, or nothing when no unit Stripe sees has changed."""
+        if units is not None and not units:
+            self.result.unchanged += 1
+            self._confirm(record.key, done)
+            return None
+        return _Write(record, done, done.customer_ids, customers, units)
 
     def _skip(self, record: Record, reason: str) -> None:
         self.result.skipped[reason] += 1
@@ -208,17 +229,23 @@ class Syncer:
         if not write.customer_ids:
             params = to_params(self._with_match(record), creating=True)
             key = hashlib.sha256(
-                f"{self.options.pipeline_id}\0{record.key}\0{write.digest}".encode()
+                f"{self.options.pipeline_id}\0{record.key}\0{write.entry.payload_hash}".encode()
             ).hexdigest()
             return (self.api.create(params, f"krenalis-{key[:40]}"),)
         known = {c["id"]: c for c in write.customers}
         updated = []
+        payload = {
+            path: value
+            for path, value in record.payload.items()
+            if write.units is None or unit_of(path) in write.units
+        }
         for customer_id in write.customer_ids:
-            payload = record.payload
             if partial_groups(payload):
                 current = known.get(customer_id) or self.api.retrieve(customer_id)
-                payload = complete_groups(payload, current)
-            updated.append(self.api.update(customer_id, to_params(payload, creating=False)))
+                params = to_params(complete_groups(payload, current), creating=False)
+            else:
+                params = to_params(payload, creating=False)
+            updated.append(self.api.update(customer_id, params))
         return tuple(updated)
 
     def _with_match(self, record: Record) -> dict[str, Any]:
@@ -240,7 +267,7 @@ class Syncer:
                 self.result.sample("failed", f"{write.record.key}: {exc}")
                 continue
             self._count(write, ids)
-            self._confirm(write.record.key, LedgerEntry(write.record.match, ids, write.digest))
+            self._confirm(write.record.key, replace(write.entry, customer_ids=ids))
 
     def _count(self, write: _Write, ids: tuple[str, ...]) -> None:
         outcome = "updated" if write.customer_ids else "created"

@@ -244,3 +244,17 @@ def test_partial_address_keeps_the_parts_the_pipeline_does_not_write(sync, strip
     assert second.updated == 1 and second.api_calls["customers.retrieve"] == 1
     address = stripe_client.v1.customers.retrieve(existing.id).to_dict()["address"]
     assert (address["line1"], address["city"], address["country"]) == ("Via Roma 1", "Roma", "IT")
+
+
+def test_an_update_sends_only_the_units_that_changed(sync, stripe_client) -> None:
+    payload = {"name": "Ada", "phone": "+39 1", "address.city": "Milano", "metadata.plan": "pro"}
+    sync([record("p1", "ada@example.com", **payload)])
+    customer_id = customers(stripe_client)[0]["id"]
+    stripe_client.v1.customers.update(customer_id, params={"phone": "+39 edited in Stripe"})
+
+    renamed = sync([record("p1", "ada@example.com", **{**payload, "name": "Ada L."})])
+    assert dict(renamed.api_calls) == {"customers.update": 1}  # no retrieve: the address did not change
+    after = stripe_client.v1.customers.retrieve(customer_id).to_dict()
+    assert after["name"] == "Ada L."
+    assert after["phone"] == "+39 edited in Stripe"  # an unchanged unit is not sent again
+    assert after["address"]["city"] == "Milano"
