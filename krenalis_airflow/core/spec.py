@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from krenalis_airflow.core.fields import field_problem, matching_problem
-from krenalis_airflow.core.mapping import syntax_problems
+from krenalis_airflow.core.transform.mapping import syntax_problems
 from krenalis_airflow.exceptions import SpecError, SpecProblem
 
 PIPELINE_ID = r"^[a-z][a-z0-9_]*$"

@@ -36,7 +36,7 @@ from krenalis_airflow.core.fields import (
 from krenalis_airflow.core.ledger import LedgerEntry, field_hashes, payload_hash
 from krenalis_airflow.core.records import Record, Rejection
 from krenalis_airflow.core.stripe_api import RecordRejected
-from krenalis_airflow.core.transform import normalise_match
+from krenalis_airflow.core.transform.run import normalise_match
 from krenalis_airflow.exceptions import RetryableSyncError
 
 log = logging.getLogger(__name__)

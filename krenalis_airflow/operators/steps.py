@@ -20,12 +20,12 @@ from airflow.sdk import BaseHook, ObjectStoragePath
 from krenalis_airflow.core import extract as sql
 from krenalis_airflow.core.dedupe import dedupe as dedupe_records
 from krenalis_airflow.core.ledger import Ledger
-from krenalis_airflow.core.mapping import MappingTransform, variables
 from krenalis_airflow.core.records import Record, Rejection, read_jsonl, read_records, write_jsonl
 from krenalis_airflow.core.spec import PipelineSpec
 from krenalis_airflow.core.stripe_api import StripeCustomers
 from krenalis_airflow.core.sync import Syncer, SyncOptions, SyncResult
-from krenalis_airflow.core.transform import transform_profiles
+from krenalis_airflow.core.transform.mapping import MappingTransform, variables
+from krenalis_airflow.core.transform.run import transform_profiles
 from krenalis_airflow.exceptions import RetryableSyncError, SpecError, SpecProblem, TerminalSyncError
 from krenalis_airflow.hooks.stripe import StripeHook
 

@@ -17,10 +17,10 @@ from krenalis_airflow.core.fields import (
     same_value,
     to_params,
 )
-from krenalis_airflow.core.mapping import MappingTransform, syntax_problems, variables
 from krenalis_airflow.core.records import Record, Rejection
 from krenalis_airflow.core.spec import PipelineSpec, parse_spec
-from krenalis_airflow.core.transform import stripe_value, transform_profiles
+from krenalis_airflow.core.transform.mapping import MappingTransform, syntax_problems, variables
+from krenalis_airflow.core.transform.run import stripe_value, transform_profiles
 from krenalis_airflow.exceptions import TransformError
 
 ADA = {
