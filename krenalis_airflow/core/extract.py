@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
+from krenalis_airflow.core.conditions import Group
 from krenalis_airflow.core.filters import (
     check_placeholder,
     compile_filter,
@@ -32,7 +33,7 @@ from krenalis_airflow.core.filters import (
     quote_identifier,
     unknown_column_message,
 )
-from krenalis_airflow.core.spec import Group, Source
+from krenalis_airflow.core.spec import Source
 from krenalis_airflow.exceptions import SpecError, SpecProblem
 
 # Quoted string, quoted identifier, line comment, block comment, blank space, or any other character.

@@ -52,7 +52,7 @@ import difflib
 from collections.abc import Sequence
 from typing import Any
 
-from krenalis_airflow.core.spec import Condition, Group
+from krenalis_airflow.core.conditions import Condition, Group
 from krenalis_airflow.exceptions import SpecError, SpecProblem
 
 PLACEHOLDERS = ("?", "%s")
@@ -161,4 +161,6 @@ def _condition_sql(condition: Condition, placeholder: str, params: list[Any]) ->
         return f"{col} IN ({marks})"
     if operator == "is not one of":
         return f"({col} NOT IN ({marks}) OR {col} IS NULL)"
-    raise AssertionError(f"operator {operator!r} has no SQL")  # pragma: no cover - spec.OPERATORS guards this
+    raise AssertionError(
+        f"operator {operator!r} has no SQL"
+    )  # pragma: no cover - conditions.OPERATORS guards this

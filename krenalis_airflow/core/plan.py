@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from krenalis_airflow.core.spec import Condition, Group, LoadedSpec, PipelineSpec
+from krenalis_airflow.core.conditions import Condition, Group
+from krenalis_airflow.core.spec import LoadedSpec, PipelineSpec
 from krenalis_airflow.exceptions import SpecError
 
 STEPS = ("extract", "transform", "dedupe", "upsert")

@@ -8,25 +8,22 @@ from __future__ import annotations
 
 import builtins
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
     Field,
-    Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from krenalis_airflow.core.conditions import Group
 from krenalis_airflow.core.fields import field_problem, matching_problem
+from krenalis_airflow.core.model import KeyedError, Model
 from krenalis_airflow.core.transform.mapping import syntax_problems
 from krenalis_airflow.exceptions import SpecError, SpecProblem
 
@@ -47,101 +44,8 @@ INTERVALS = {
 }
 PRESETS = ("@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
 
-# Operator → how many values it takes: an exact count, or "1+" for one or more.
-OPERATORS: dict[str, int | str] = {
-    "is": 1,
-    "is not": 1,
-    "is one of": "1+",
-    "is not one of": "1+",
-    "is less than": 1,
-    "is less than or equal to": 1,
-    "is greater than": 1,
-    "is greater than or equal to": 1,
-    "is null": 0,
-    "is not null": 0,
-    "is true": 0,
-    "is false": 0,
-}
 
-
-class KeyedError(ValueError):
-    """A cross-field check's error that knows which key it is about (for the file:line report)."""
-
-    def __init__(self, path: tuple[str, ...], message: str) -> None:
-        super().__init__(message)
-        self.path = path
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Condition(_Model):
-    """``{property, operator, values}``: one test on one profile property."""
-
-    property: str
-    operator: str
-    values: tuple[str, ...] = ()
-
-    @field_validator("property")
-    @classmethod
-    def _property_is_identifier(cls, value: str) -> str:
-        if not IDENTIFIER.match(value):
-            raise ValueError(f"{value!r} is not a column name (letters, digits and _)")
-        return value
-
-    @field_validator("operator")
-    @classmethod
-    def _known_operator(cls, value: str) -> str:
-        if value not in OPERATORS:
-            allowed = ", ".join(repr(op) for op in OPERATORS)
-            raise ValueError(f"unknown operator {value!r}; allowed: {allowed}")
-        return value
-
-    @field_validator("values", mode="before")
-    @classmethod
-    def _values_are_strings(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            if any(v is None for v in value):
-                raise ValueError("a value is null; to select missing values use the operator 'is null'")
-            return [v if isinstance(v, str) else _scalar_text(v) for v in value]
-        return value
-
-    @model_validator(mode="after")
-    def _value_count(self) -> Condition:
-        arity = OPERATORS[self.operator]
-        count = len(self.values)
-        if arity == "1+" and count < 1:
-            raise ValueError(f"operator {self.operator!r} takes one or more values")
-        if isinstance(arity, int) and count != arity:
-            wanted = {0: "no values", 1: "exactly one value"}.get(arity, f"{arity} values")
-            raise ValueError(f"operator {self.operator!r} takes {wanted}, got {count}")
-        return self
-
-
-def _condition_or_group(value: Any) -> str:
-    is_group = isinstance(value, Group) or (isinstance(value, dict) and "conditions" in value)
-    return "group" if is_group else "condition"
-
-
-class Group(_Model):
-    """``{logical, conditions}``: conditions joined by and/or; groups nest."""
-
-    logical: Literal["and", "or"] = "and"
-    conditions: tuple[
-        Annotated[
-            Annotated[Condition, Tag("condition")] | Annotated[Group, Tag("group")],
-            Discriminator(_condition_or_group),
-        ],
-        ...,
-    ] = Field(min_length=1)
-
-    def properties(self) -> Iterator[str]:
-        for item in self.conditions:
-            yield from item.properties() if isinstance(item, Group) else (item.property,)
-
-
-class Source(_Model):
+class Source(Model):
     conn_id: str
     table: str | None = None
     query: str | None = None
@@ -160,11 +64,11 @@ class Source(_Model):
         return self
 
 
-class Destination(_Model):
+class Destination(Model):
     conn_id: str = "stripe_default"
 
 
-class Matching(_Model):
+class Matching(Model):
     property: str
     stripe: str
 
@@ -180,7 +84,7 @@ class Matching(_Model):
         return self.stripe.removeprefix("metadata.") if self.stripe.startswith("metadata.") else None
 
 
-class Export(_Model):
+class Export(Model):
     mode: Literal["create_only", "update_only", "create_and_update"] = "create_and_update"
     matching: Matching
     duplicate_profiles: Literal["reject", "keep_first"] = "reject"
@@ -212,7 +116,7 @@ class Export(_Model):
         return column, direction.lower() == "desc"
 
 
-class Transformation(_Model):
+class Transformation(Model):
     mapping: dict[str, str] | None = None
     javascript: str | None = None
     python: str | None = None
@@ -240,14 +144,14 @@ class Transformation(_Model):
         return value
 
 
-class State(_Model):
+class State(Model):
     """Where the ledger lives. Defaults to the source connection."""
 
     conn_id: str | None = None
     table_prefix: str = Field(default="krenalis_", pattern=r"^[a-z][a-z0-9_]*$")
 
 
-class PipelineSpec(_Model):
+class PipelineSpec(Model):
     id: str = Field(pattern=PIPELINE_ID)
     description: str | None = None
     enabled: bool = True
@@ -305,12 +209,6 @@ def _is_cron(value: str) -> bool:
     except ImportError:  # pragma: no cover - croniter comes with Airflow
         return all(re.match(r"^[\d*/,\-A-Za-z?LW#]+$", f) for f in fields)
     return bool(croniter.is_valid(value))
-
-
-def _scalar_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 # --------------------------------------------------------------------------------------------

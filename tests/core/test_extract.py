@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from krenalis_airflow.core.conditions import Group
 from krenalis_airflow.core.extract import (
     columns_of,
     count_sql,
@@ -23,7 +24,7 @@ from krenalis_airflow.core.extract import (
     select_sql,
     statement,
 )
-from krenalis_airflow.core.spec import Group, Source
+from krenalis_airflow.core.spec import Source
 from krenalis_airflow.exceptions import SpecError
 
 PG_DSN = "host=127.0.0.1 dbname=test user=postgres"

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from krenalis_airflow.core.conditions import Group
 from krenalis_airflow.core.filters import compile_filter
-from krenalis_airflow.core.spec import Group
 from krenalis_airflow.exceptions import SpecError
 
 PG_DSN = "host=127.0.0.1 dbname=test user=postgres"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from krenalis_airflow.core.conditions import Group
 from krenalis_airflow.core.plan import (
     STEPS,
     BrokenPlan,
@@ -16,7 +17,7 @@ from krenalis_airflow.core.plan import (
     plan_broken,
     plan_pipeline,
 )
-from krenalis_airflow.core.spec import Group, LoadedSpec, load_spec, parse_spec
+from krenalis_airflow.core.spec import LoadedSpec, load_spec, parse_spec
 from krenalis_airflow.exceptions import SpecError, SpecProblem
 
 SPEC = """\

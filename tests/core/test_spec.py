@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from krenalis_airflow.core.conditions import OPERATORS, Condition, Group
 from krenalis_airflow.core.spec import (
     INTERVALS,
-    OPERATORS,
     PRESETS,
-    Condition,
-    Group,
     LoadedSpec,
     PipelineSpec,
     discover,

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from airflow.providers.common.sql.hooks.sql import DbApiHook
 
+from krenalis_airflow.core.conditions import Group
 from krenalis_airflow.core.extract import columns_of, count_sql, iter_rows, probe_sql, select_sql
-from krenalis_airflow.core.spec import Group, Source
+from krenalis_airflow.core.spec import Source
 
 PG_DSN = "host=127.0.0.1 dbname=test user=postgres"
 ROWS = [
