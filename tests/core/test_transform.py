@@ -304,19 +304,20 @@ def test_payload_values_are_coerced_for_stripe(email_spec: PipelineSpec) -> None
     }
 
 
-def test_profiles_are_consumed_lazily(email_spec: PipelineSpec) -> None:
+def test_profiles_are_consumed_lazily_one_batch_at_a_time(email_spec: PipelineSpec) -> None:
     seen: list[int] = []
 
     def profiles() -> Any:
-        for i in range(1, 4):
+        for i in range(1, 6):
             seen.append(i)
             yield {"profile_id": i, "email": f"p{i}@x.com", "first_name": "A", "last_name": "B"}
 
-    items = transform_profiles(profiles(), email_spec, name_transform())
-    first = next(iter(items))
+    items = iter(transform_profiles(profiles(), email_spec, name_transform(), batch_size=2))
+    first = next(items)
     assert isinstance(first, Record)
     assert first.key == "1"
-    assert seen == [1]
+    assert seen == [1, 2]
+    assert [r.key for r in items] == ["2", "3", "4", "5"]
 
 
 # --------------------------------------------------------------------------------------------

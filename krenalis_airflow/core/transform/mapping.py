@@ -13,6 +13,7 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from krenalis_airflow.core.transform.base import PerRecord
 from krenalis_airflow.exceptions import TransformError
 
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
@@ -40,8 +41,8 @@ def variables(mapping: Mapping[str, str]) -> dict[str, set[str]]:
     }
 
 
-class MappingTransform:
-    """Callable turning one profile into a flat payload ``{field path: value}``."""
+class MappingTransform(PerRecord):
+    """Turns one profile into a flat payload ``{field path: value}``."""
 
     def __init__(self, mapping: Mapping[str, str]) -> None:
         self._compiled = [

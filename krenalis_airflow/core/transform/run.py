@@ -6,15 +6,16 @@ normalised here, and a profile without one is rejected, never created blank.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from krenalis_airflow.core.records import Record, Rejection
 from krenalis_airflow.core.spec import PipelineSpec
+from krenalis_airflow.core.transform.base import Transformer
 from krenalis_airflow.exceptions import TransformError
 
-Transform = Callable[[Mapping[str, Any]], dict[str, Any]]
 STEP = "transform"
+BATCH_SIZE = 1000
 
 
 def normalise_match(stripe_field: str, value: Any) -> str:
@@ -28,22 +29,45 @@ def normalise_match(stripe_field: str, value: Any) -> str:
 
 
 def transform_profiles(
-    profiles: Iterable[Mapping[str, Any]], spec: PipelineSpec, transform: Transform
+    profiles: Iterable[Mapping[str, Any]],
+    spec: PipelineSpec,
+    transformer: Transformer,
+    *,
+    batch_size: int = BATCH_SIZE,
 ) -> Iterator[Record | Rejection]:
+    """Records and rejections, in input order, transforming ``batch_size`` profiles per call."""
     matching = spec.export.matching
+    batch: list[Mapping[str, Any]] = []
     for profile in profiles:
-        key = _text(profile.get(spec.source.key))
         raw = profile.get(matching.property)
         if raw is None or (isinstance(raw, str) and not raw.strip()):
+            yield from _finish(batch, spec, transformer)
+            batch = []
+            key = _text(profile.get(spec.source.key))
             yield Rejection(
                 key, STEP, "empty matching value", f"'{matching.property}' is empty; nothing to match on"
             )
             continue
-        try:
-            payload = {path: stripe_value(path, value) for path, value in transform(profile).items()}
-        except TransformError as exc:
-            yield Rejection(key, STEP, "transformation error", str(exc))
+        batch.append(profile)
+        if len(batch) >= batch_size:
+            yield from _finish(batch, spec, transformer)
+            batch = []
+    yield from _finish(batch, spec, transformer)
+
+
+def _finish(
+    batch: list[Mapping[str, Any]], spec: PipelineSpec, transformer: Transformer
+) -> Iterator[Record | Rejection]:
+    if not batch:
+        return
+    matching = spec.export.matching
+    for profile, result in zip(batch, transformer.transform_batch(batch), strict=True):
+        key = _text(profile.get(spec.source.key))
+        if isinstance(result, TransformError):
+            yield Rejection(key, STEP, "transformation error", str(result))
             continue
+        payload = {path: stripe_value(path, value) for path, value in result.items()}
+        raw = profile[matching.property]
         match_value = raw.strip() if isinstance(raw, str) else _text(raw)
         yield Record(key, normalise_match(matching.stripe, raw), match_value, payload)
 
