@@ -3,20 +3,28 @@
 * ``validate PATH…``: check pipeline specs (files, or folders of ``*.yaml``/``*.yml``) without
   Airflow; prints ``OK <file> (<id>)`` or ``<file>:<line>: <key.path>: <problem>`` lines and exits 1
   when anything is wrong. Fast enough for a pre-commit hook or CI.
+* ``preview SPEC [--limit N]``: read the first N filtered profiles and show each one beside what
+  the transformation makes of it (no Stripe).
+* ``plan SPEC``: the dry run — reads the warehouse and Stripe, writes nothing, reports how many
+  customers would be created, updated, left unchanged or rejected, with samples.
+* ``schema``: print the JSON Schema of the spec format (for editor autocompletion).
 * ``sample-warehouse PATH``: build the SQLite sample warehouse the quick start syncs.
 
-Only the pure core is imported here, never Airflow.
+``validate``, ``schema`` and ``sample-warehouse`` import only the pure core; ``preview`` and
+``plan`` use Airflow's connections (``AIRFLOW_CONN_*``, the metadata DB or a secrets backend).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
-from krenalis_airflow.core.spec import LoadedSpec, discover, load_spec
-from krenalis_airflow.exceptions import SpecError, SpecProblem
+from krenalis_airflow.core.spec import LoadedSpec, discover, load_spec, spec_schema
+from krenalis_airflow.exceptions import KrenalisError, SpecError, SpecProblem
 
 Result = LoadedSpec | SpecError
 
@@ -44,6 +52,29 @@ def _parser() -> argparse.ArgumentParser:
         "paths", nargs="+", type=Path, metavar="PATH", help="a spec file or a folder of specs"
     )
     validate.set_defaults(run=_validate)
+
+    preview = commands.add_parser(
+        "preview",
+        help="show filtered profiles beside their transformed output (no Stripe)",
+        description="Run the extract and transform steps on the first N filtered profiles.",
+    )
+    preview.add_argument("spec", type=Path, metavar="SPEC", help="a spec file")
+    preview.add_argument(
+        "--limit", type=_count, default=20, metavar="N", help="profiles to show (default 20)"
+    )
+    preview.set_defaults(run=_preview)
+
+    plan = commands.add_parser(
+        "plan",
+        help="dry run: what a sync would create, update and reject (writes nothing)",
+        description="Run every step as a dry run: reads the warehouse and Stripe, writes nothing.",
+    )
+    plan.add_argument("spec", type=Path, metavar="SPEC", help="a spec file")
+    plan.add_argument("--full-resync", action="store_true", help="compare with Stripe itself, not the ledger")
+    plan.set_defaults(run=_plan)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of pipeline specs")
+    schema.set_defaults(run=lambda _: print(json.dumps(spec_schema(), indent=2)) or 0)
 
     sample = commands.add_parser(
         "sample-warehouse",
@@ -129,6 +160,66 @@ def _report(result: Result) -> None:
     else:
         for problem in result.problems:
             print(problem.render(result.source))
+
+
+# --------------------------------------------------------------------------------------------
+# preview and plan
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from krenalis_airflow.local_run import preview
+
+    try:
+        sql, pairs = preview(args.spec, args.limit)
+    except KrenalisError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"SQL: {sql}\n")
+    for profile, outcome in pairs:
+        left = [f"{name}: {value!r}" for name, value in profile.items()]
+        if "payload" in outcome:
+            right = [f"{path}: {value!r}" for path, value in outcome["payload"].items()]
+        else:
+            right = [f"REJECTED ({outcome.get('kind', '?')}): {outcome.get('reason', '')}"]
+        print("-" * 100)
+        for i in range(max(len(left), len(right))):
+            cell = left[i] if i < len(left) else ""
+            arrow = "→" if i == 0 else " "
+            print(f"{cell[:48]:<48} {arrow} {right[i] if i < len(right) else ''}".rstrip())
+    print(f"\n{len(pairs)} profile(s) shown")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from krenalis_airflow.local_run import plan
+
+    try:
+        summary = plan(args.spec, full_resync=args.full_resync)
+    except KrenalisError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"SQL: {summary['sql']}\n")
+    _print_plan(summary)
+    return 0
+
+
+def _print_plan(s: dict[str, Any]) -> None:
+    rows = [
+        ("extracted", s["extracted"], f"(filtered out {s['filtered_out']})"),
+        ("would create", s["created"], ""),
+        ("would update", s["updated"], ""),
+        ("unchanged", s["unchanged"], ""),
+        ("skipped", sum(s["skipped"].values()), s["skipped"] or ""),
+        ("rejected", s["rejected_total"], s["rejected"] or ""),
+        ("Stripe calls made", sum(s["api_calls"].values()), "(reads only)"),
+    ]
+    for name, count, detail in rows:
+        print(f"  {name:<18}{count:>8}  {detail}".rstrip())
+    for outcome in ("created", "updated", "skipped"):
+        for sample in s["samples"].get(outcome, []):
+            print(f"  e.g. {outcome[:-1] if outcome != 'skipped' else 'skip'}: {sample}")
+    for item in s["rejected_samples"]:
+        print(f"  e.g. rejected {item['key']} ({item['step']}): {item['reason']}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -71,6 +71,18 @@ class Ledger:
         )
         self._conn.commit()
 
+    def exists(self) -> bool:
+        """Whether the ledger table is there (a dry run must not create it)."""
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(f"SELECT 1 FROM {self.table} WHERE 1 = 0")
+            return True
+        except Exception:  # each driver has its own "no such table" error class
+            self._conn.rollback()
+            return False
+        finally:
+            cursor.close()
+
     def load(self) -> dict[str, LedgerEntry]:
         cursor = self._conn.cursor()
         try:
@@ -120,3 +132,13 @@ class Ledger:
             cursor.execute(sql)
         finally:
             cursor.close()
+
+
+class EmptyLedger:
+    """The ledger of a pipeline that never ran, for a dry run that must not create the table."""
+
+    def load(self) -> dict[str, LedgerEntry]:
+        return {}
+
+    def record(self, entries: Mapping[str, LedgerEntry]) -> int:
+        raise AssertionError("a dry run records nothing")

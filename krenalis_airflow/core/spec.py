@@ -21,8 +21,8 @@ from pydantic import (
     model_validator,
 )
 
-from krenalis_airflow.core.conditions import Group
-from krenalis_airflow.core.fields import field_problem, matching_problem
+from krenalis_airflow.core.conditions import OPERATORS, Group
+from krenalis_airflow.core.fields import SCALAR_FIELDS, field_problem, matching_problem
 from krenalis_airflow.core.model import KeyedError, Model
 from krenalis_airflow.core.transform.mapping import syntax_problems
 from krenalis_airflow.exceptions import SpecError, SpecProblem
@@ -209,6 +209,26 @@ def _is_cron(value: str) -> bool:
     except ImportError:  # pragma: no cover - croniter comes with Airflow
         return all(re.match(r"^[\d*/,\-A-Za-z?LW#]+$", f) for f in fields)
     return bool(croniter.is_valid(value))
+
+
+def spec_schema() -> dict[str, Any]:
+    """The JSON Schema of the spec format, generated from the same model the loader uses."""
+    schema = PipelineSpec.model_json_schema()
+    # What custom validators check, stated for editors too (from the same tables they use).
+    defs = schema["$defs"]
+    defs["Condition"]["properties"]["operator"]["enum"] = list(OPERATORS)
+    mapping = defs["Transformation"]["properties"]["mapping"]["anyOf"][0]
+    mapping["propertyNames"] = {
+        "anyOf": [{"enum": sorted(SCALAR_FIELDS)}, {"pattern": r"^metadata\.[^\[\]]{1,40}$"}]
+    }
+    schema["properties"]["schedule"]["description"] = (
+        f"{', '.join(INTERVALS)}, a preset ({', '.join(PRESETS)}), a 5-field cron expression, or null"
+    )
+    return {
+        **schema,
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "krenalis-airflow pipeline spec",
+    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ carries the upstream's counts forward, so the last step can report the whole run
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 from collections import Counter
@@ -19,11 +20,11 @@ from airflow.sdk import BaseHook, ObjectStoragePath
 
 from krenalis_airflow.core import extract as sql
 from krenalis_airflow.core.dedupe import dedupe as dedupe_records
-from krenalis_airflow.core.ledger import Ledger
+from krenalis_airflow.core.ledger import EmptyLedger, Ledger
 from krenalis_airflow.core.records import Record, Rejection, read_jsonl, read_records, write_jsonl
 from krenalis_airflow.core.spec import PipelineSpec
 from krenalis_airflow.core.stripe_api import StripeCustomers
-from krenalis_airflow.core.sync import Syncer, SyncOptions, SyncResult
+from krenalis_airflow.core.sync import LedgerStore, Syncer, SyncOptions, SyncResult
 from krenalis_airflow.core.transform.mapping import MappingTransform, variables
 from krenalis_airflow.core.transform.run import transform_profiles
 from krenalis_airflow.exceptions import RetryableSyncError, SpecError, SpecProblem, TerminalSyncError
@@ -41,6 +42,7 @@ class StepRun:
     dry_run: bool
     full_resync: bool
     log: logging.Logger
+    limit: int | None = None  # extract at most this many profiles (preview)
 
     def file(self, name: str) -> ObjectStoragePath:
         return self.folder / name
@@ -86,9 +88,9 @@ def extract(run: StepRun) -> dict[str, Any]:
         total = int(cursor.fetchone()[0])
         path = run.file("profiles.jsonl")
         with path.open("w") as out:
-            count = write_jsonl(out, sql.iter_rows(cursor, query, params))
+            count = write_jsonl(out, itertools.islice(sql.iter_rows(cursor, query, params), run.limit))
     run.log.info("Extracted %d of %d profiles (%d filtered out)", count, total, total - count)
-    return {"profiles": str(path), "columns": columns, "total": total, "extracted": count}
+    return {"profiles": str(path), "columns": columns, "total": total, "extracted": count, "sql": query}
 
 
 def transform(run: StepRun) -> dict[str, Any]:
@@ -190,8 +192,12 @@ def upsert(run: StepRun) -> dict[str, Any]:
     conn = state.get_conn()
     try:
         ledger = Ledger(conn, state.placeholder, spec.id, spec.state.table_prefix)
-        ledger.ensure_table()
-        result = Syncer(api, ledger, options).run(_reader(run.upstream["deduped"]))
+        store: LedgerStore = ledger
+        if not run.dry_run:
+            ledger.ensure_table()
+        elif not ledger.exists():
+            store = EmptyLedger()  # a dry run creates nothing, not even the table
+        result = Syncer(api, store, options).run(_reader(run.upstream["deduped"]))
     finally:
         conn.close()
     summary = _summary(run, result)
@@ -213,6 +219,7 @@ def _summary(run: StepRun, result: SyncResult) -> dict[str, Any]:
     rejected.update(r.kind for r in result.rejections)
     summary = {
         "pipeline": run.spec.id,
+        "sql": up["sql"],
         "dry_run": run.dry_run,
         "full_resync": run.full_resync,
         "extracted": up["extracted"],
