@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import stripe
 
+from krenalis_airflow.core.redact import redact
 from krenalis_airflow.exceptions import KrenalisError, RetryableSyncError, TerminalSyncError
 
 T = TypeVar("T")
@@ -126,4 +127,4 @@ class StripeCustomers:
 
 
 def _message(exc: stripe.StripeError) -> str:
-    return str(exc.user_message or exc._message or type(exc).__name__)
+    return redact(str(exc.user_message or exc._message or type(exc).__name__))

@@ -15,7 +15,6 @@ or ``repr`` (Airflow additionally masks connection passwords in task logs).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,6 +24,7 @@ import stripe
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
+from krenalis_airflow.core.redact import redact
 from krenalis_airflow.exceptions import TerminalSyncError
 
 if TYPE_CHECKING:
@@ -34,9 +34,6 @@ DEFAULT_MAX_NETWORK_RETRIES = 2
 DEFAULT_TIMEOUT = 80.0
 KNOWN_EXTRAS = frozenset({"max_network_retries", "timeout"})
 KEY_FIX = "set the connection's password to a secret or restricted key with Customers: write"
-
-# Anything shaped like a Stripe key, including Stripe's masked echoes ("sk_test_****abcd").
-_KEY_PATTERN = re.compile(r"\b[a-z]{2,5}_(?:test|live)_[A-Za-z0-9*]+")
 
 
 @dataclass(frozen=True)
@@ -121,13 +118,6 @@ def _timeout_extra(conn_id: str, extra: dict[str, Any]) -> float:
             f"Stripe connection {conn_id!r}: extra 'timeout' must be a number of seconds > 0, got {value!r}."
         )
     return seconds
-
-
-def redact(text: str, key: str | None = None) -> str:
-    """Remove the key (and anything shaped like a Stripe key) from a message."""
-    if key:
-        text = text.replace(key, "<api key>")
-    return _KEY_PATTERN.sub("<api key>", text)
 
 
 class StripeHook(BaseHook):

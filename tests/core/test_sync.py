@@ -258,3 +258,12 @@ def test_an_update_sends_only_the_units_that_changed(sync, stripe_client) -> Non
     assert after["name"] == "Ada L."
     assert after["phone"] == "+39 edited in Stripe"  # an unchanged unit is not sent again
     assert after["address"]["city"] == "Milano"
+
+
+def test_errors_never_carry_the_api_key(stripe_url: str, ledger: Ledger) -> None:
+    key = "rk_test_secret123456"
+    client = stripe.StripeClient(key, base_addresses={"api": stripe_url})
+    opts = SyncOptions(pipeline_id="test_pipeline", mode="create_and_update", stripe_field="email")
+    with pytest.raises(TerminalSyncError) as raised:
+        Syncer(StripeCustomers(client), ledger, opts).run(lambda: iter([record("p1", "a@example.com")]))
+    assert "secret123456" not in str(raised.value) and "rk_test_" not in str(raised.value)
