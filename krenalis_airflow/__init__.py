@@ -40,12 +40,22 @@ def get_provider_info() -> dict[str, Any]:
                 "conn-fields": {
                     "max_network_retries": {
                         "label": "Max network retries",
-                        "schema": {"type": ["integer", "null"], "default": 2},
-                        "description": "How often the Stripe SDK retries a failed connection or 5xx.",
+                        "schema": {"type": ["integer", "null"], "default": 4},
+                        "description": "How often a request that failed for a transient reason (429, 5xx, network) is retried.",
                     },
                     "timeout": {
                         "label": "Request timeout (seconds)",
                         "schema": {"type": ["number", "null"], "default": 80},
+                    },
+                    "rate_limit": {
+                        "label": "Rate limit (requests/s, whole account)",
+                        "schema": {"type": ["number", "null"]},
+                        "description": "Default: 25 for test keys, 100 for live keys (Stripe's limits).",
+                    },
+                    "endpoint_rate_limit": {
+                        "label": "Rate limit per endpoint (requests/s)",
+                        "schema": {"type": ["number", "null"]},
+                        "description": "Default: 25 (Stripe's default per-endpoint limit).",
                     },
                 },
                 "ui-field-behaviour": {

@@ -3,8 +3,8 @@
 * ``RecordRejected`` — Stripe refused this one payload (400: invalid email, bad param): reject the
   profile with Stripe's message; resending the same payload cannot help.
 * ``TerminalSyncError`` — the key is wrong or lacks a permission (401/403): stop the whole run.
-* ``RetryableSyncError`` — 429, 409 lock timeouts, 5xx, network errors, after a few local retries
-  with backoff (the SDK itself never retries a plain 429).
+* ``RetryableSyncError`` — 429 (rate limit, lock timeout), 409, 5xx and network errors, once the
+  retries with backoff are spent (the SDK itself never retries a plain 429).
 """
 
 from __future__ import annotations
@@ -17,11 +17,14 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import stripe
+from stripe import RequestOptions
 
+from krenalis_airflow.core.ratelimit import RateLimiter
 from krenalis_airflow.core.redact import redact
 from krenalis_airflow.exceptions import KrenalisError, RetryableSyncError, TerminalSyncError
 
 T = TypeVar("T")
+NO_SDK_RETRIES: RequestOptions = {"max_network_retries": 0}  # retries happen in StripeCustomers._call
 LIST_FIELDS = (
     "id",
     "email",
@@ -42,88 +45,145 @@ class RecordRejected(KrenalisError):
 
 
 class StripeCustomers:
-    """Create, update and list customers through a ``stripe.StripeClient``."""
+    """Create, update and list customers through a ``stripe.StripeClient``.
 
-    def __init__(self, client: stripe.StripeClient, *, attempts: int = 4, backoff: float = 0.5) -> None:
+    Every request first takes a token from ``limiter`` and is retried here, ``retries`` times at
+    most, when it failed for a transient reason: the SDK's own retries are switched off per
+    request so the two never multiply. ``Retry-After`` is honoured, ``Stripe-Should-Retry: false``
+    is obeyed, and the wait otherwise doubles from ``backoff`` with jitter up to ``max_backoff``.
+    """
+
+    def __init__(
+        self,
+        client: stripe.StripeClient,
+        *,
+        limiter: RateLimiter | None = None,
+        retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._client = client
-        self._attempts = attempts
+        self._limiter = limiter
+        self._retries = retries
         self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._sleep = sleep
         self._lock = threading.Lock()
         self.calls: Counter[str] = Counter()  # requests sent, by endpoint
+        self.retried: Counter[str] = Counter()  # transient failures retried, by kind
 
     def list_all(self) -> Iterator[dict[str, Any]]:
         """Every customer, 100 per request (the search API lags up to an hour: never used here)."""
-        page = self._call("customers.list", lambda: self._client.v1.customers.list(params={"limit": 100}))
+        params: dict[str, Any] = {"limit": 100}
         while True:
+            page = self._call(
+                "customers.list",
+                lambda: self._client.v1.customers.list(params=params, options=NO_SDK_RETRIES),  # type: ignore[arg-type]  # noqa: B023
+            )
             for customer in page.data:
-                data = customer.to_dict()
-                yield {name: data.get(name) for name in LIST_FIELDS}
+                yield _fields(customer)
             if not page.has_more or not page.data:
                 return
-            after: dict[str, Any] = {"limit": 100, "starting_after": page.data[-1].id}
-            page = self._call("customers.list", lambda: self._client.v1.customers.list(params=after))  # type: ignore[arg-type]  # noqa: B023
+            params = {"limit": 100, "starting_after": page.data[-1].id}
 
     def retrieve(self, customer_id: str) -> dict[str, Any]:
-        customer = self._call("customers.retrieve", lambda: self._client.v1.customers.retrieve(customer_id))
-        data = customer.to_dict()
-        return {name: data.get(name) for name in LIST_FIELDS}
+        customer = self._call(
+            "customers.retrieve",
+            lambda: self._client.v1.customers.retrieve(customer_id, options=NO_SDK_RETRIES),
+        )
+        return _fields(customer)
 
     def create(self, params: dict[str, Any], idempotency_key: str) -> str:
+        options: RequestOptions = {**NO_SDK_RETRIES, "idempotency_key": idempotency_key}
         customer = self._call(
             "customers.create",
-            lambda: self._client.v1.customers.create(
-                params=params,  # type: ignore[arg-type]
-                options={"idempotency_key": idempotency_key},
-            ),
+            lambda: self._client.v1.customers.create(params=params, options=options),  # type: ignore[arg-type]
         )
         return str(customer.id)
 
     def update(self, customer_id: str, params: dict[str, Any]) -> str:
         customer = self._call(
             "customers.update",
-            lambda: self._client.v1.customers.update(customer_id, params=params),  # type: ignore[arg-type]
+            lambda: self._client.v1.customers.update(customer_id, params=params, options=NO_SDK_RETRIES),  # type: ignore[arg-type]
         )
         return str(customer.id)
 
     def _call(self, endpoint: str, request: Callable[[], T]) -> T:
-        for attempt in range(1, self._attempts + 1):
+        for attempt in range(self._retries + 1):
+            if self._limiter:
+                self._limiter.acquire(endpoint)
             with self._lock:
                 self.calls[endpoint] += 1
             try:
-                return request()
-            except stripe.AuthenticationError as exc:
-                raise TerminalSyncError(
-                    "Stripe rejected the API key (401): set the stripe connection's password to a valid "
-                    f"secret key or a restricted key with Customers: write. Stripe said: {_message(exc)}"
-                ) from None
-            except stripe.PermissionError as exc:
-                raise TerminalSyncError(
-                    "the API key lacks a permission (403): give the restricted key Customers: write "
-                    f"(it needs to read and write customers). Stripe said: {_message(exc)}"
-                ) from None
-            except stripe.InvalidRequestError as exc:
-                if exc.http_status == 404:
-                    raise RecordRejected(
-                        f"{_message(exc)}: the customer was deleted in Stripe; run once with full_resync "
-                        "to recreate it",
-                        exc.param,
-                    ) from None
-                raise RecordRejected(_message(exc), exc.param) from None
-            except (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError) as exc:
-                if attempt == self._attempts:
-                    raise RetryableSyncError(
-                        f"Stripe failed {attempt} times ({type(exc).__name__}: {_message(exc)})"
-                    ) from None
-                time.sleep(self._backoff * 2 ** (attempt - 1) * (0.5 + random.random()))
+                result = request()
             except stripe.StripeError as exc:
-                status = exc.http_status or 0
-                if status >= 500 or status in (409, 429):
-                    if attempt == self._attempts:
-                        raise RetryableSyncError(f"Stripe failed {attempt} times: {_message(exc)}") from None
-                    time.sleep(self._backoff * 2 ** (attempt - 1) * (0.5 + random.random()))
-                    continue
-                raise RecordRejected(_message(exc)) from None
+                kind = _classify(exc)  # raises for what no retry can fix
+                if kind == "rate limited" and self._limiter:
+                    self._limiter.slow_down()
+                if attempt == self._retries or _header(exc, "stripe-should-retry") == "false":
+                    raise RetryableSyncError(
+                        f"{endpoint} failed {attempt + 1} time(s) ({kind}: {_message(exc)})"
+                    ) from None
+                with self._lock:
+                    self.retried[kind] += 1
+                self._sleep(self._delay(exc, attempt))
+                continue
+            if self._limiter:
+                self._limiter.speed_up()
+            return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _delay(self, exc: stripe.StripeError, attempt: int) -> float:
+        after = _header(exc, "retry-after")
+        if after is not None:
+            try:
+                return min(self._max_backoff, max(0.0, float(after)))
+            except ValueError:
+                pass
+        return min(self._max_backoff, self._backoff * 2**attempt) * (0.5 + random.random() / 2)
+
+
+def _classify(exc: stripe.StripeError) -> str:
+    """The kind of a transient failure; raise at once for failures no retry can fix."""
+    if isinstance(exc, stripe.AuthenticationError):
+        raise TerminalSyncError(
+            "Stripe rejected the API key (401): set the stripe connection's password to a valid "
+            f"secret key or a restricted key with Customers: write. Stripe said: {_message(exc)}"
+        ) from None
+    if isinstance(exc, stripe.PermissionError):
+        raise TerminalSyncError(
+            "the API key lacks a permission (403): give the restricted key Customers: write "
+            f"(it needs to read and write customers). Stripe said: {_message(exc)}"
+        ) from None
+    if isinstance(exc, stripe.RateLimitError):
+        return "lock timeout" if exc.code == "lock_timeout" else "rate limited"
+    if isinstance(exc, stripe.APIConnectionError):
+        return "network error"
+    status = exc.http_status or 0
+    if status == 429:
+        return "lock timeout" if exc.code == "lock_timeout" else "rate limited"
+    if status >= 500 or status == 409 or isinstance(exc, stripe.APIError):
+        return f"HTTP {status or 'error'}"
+    if status == 404:
+        raise RecordRejected(
+            f"{_message(exc)}: the customer was deleted in Stripe; run once with full_resync to recreate it",
+            getattr(exc, "param", None),
+        ) from None
+    raise RecordRejected(_message(exc), getattr(exc, "param", None)) from None
+
+
+def _header(exc: stripe.StripeError, name: str) -> str | None:
+    headers = exc.headers or {}
+    for key, value in headers.items():
+        if key.lower() == name:
+            return str(value)
+    return None
+
+
+def _fields(customer: Any) -> dict[str, Any]:
+    data = customer.to_dict()
+    return {name: data.get(name) for name in LIST_FIELDS}
 
 
 def _message(exc: stripe.StripeError) -> str:

@@ -5,8 +5,9 @@ A thin wrapper around the SDK (like the slack provider's hook). The connection h
 * password: a secret key (``sk_…``) or a restricted key (``rk_…``) with Customers: write;
 * host (optional): the API base URL, e.g. ``http://127.0.0.1:8420`` for localstripe; empty means
   ``https://api.stripe.com``, and a host without a scheme gets ``https://``;
-* extras ``max_network_retries`` (default 2) and ``timeout`` in seconds (default 80), declared as
-  form fields in ``krenalis_airflow.get_provider_info``.
+* extras ``max_network_retries`` (default 4), ``timeout`` in seconds (default 80), and
+  ``rate_limit`` / ``endpoint_rate_limit`` in requests/s (default: Stripe's limits for the key's
+  mode), declared as form fields in ``krenalis_airflow.get_provider_info``.
 
 Every hook builds its own client, so two connections (or two accounts) can be used side by side;
 the global ``stripe.api_key`` is never touched. The key never appears in logs, exception messages
@@ -24,15 +25,16 @@ import stripe
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
+from krenalis_airflow.core.ratelimit import Limits
 from krenalis_airflow.core.redact import redact
 from krenalis_airflow.exceptions import TerminalSyncError
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
 
-DEFAULT_MAX_NETWORK_RETRIES = 2
+DEFAULT_MAX_NETWORK_RETRIES = 4
 DEFAULT_TIMEOUT = 80.0
-KNOWN_EXTRAS = frozenset({"max_network_retries", "timeout"})
+KNOWN_EXTRAS = frozenset({"max_network_retries", "timeout", "rate_limit", "endpoint_rate_limit"})
 KEY_FIX = "set the connection's password to a secret or restricted key with Customers: write"
 
 
@@ -44,10 +46,11 @@ class StripeSettings:
     api_base: str
     max_network_retries: int
     timeout: float
+    limits: Limits
 
     @property
     def mode(self) -> Literal["test", "live"]:
-        return "test" if self.api_key.startswith(("sk_test_", "rk_test_")) else "live"
+        return _mode(self.api_key)
 
 
 def settings_from_connection(conn: Connection) -> StripeSettings:
@@ -58,6 +61,11 @@ def settings_from_connection(conn: Connection) -> StripeSettings:
         api_base=_api_base(conn.conn_id, conn.host, conn.port),
         max_network_retries=_retries_extra(conn.conn_id, extra),
         timeout=_timeout_extra(conn.conn_id, extra),
+        limits=Limits.for_mode(
+            _mode(conn.password),
+            _rate_extra(conn.conn_id, extra, "rate_limit"),
+            _rate_extra(conn.conn_id, extra, "endpoint_rate_limit"),
+        ),
     )
 
 
@@ -103,6 +111,25 @@ def _retries_extra(conn_id: str, extra: dict[str, Any]) -> int:
             f"got {value!r}."
         )
     return value
+
+
+def _mode(password: str | None) -> Literal["test", "live"]:
+    return "test" if (password or "").strip().startswith(("sk_test_", "rk_test_")) else "live"
+
+
+def _rate_extra(conn_id: str, extra: dict[str, Any], name: str) -> float | None:
+    value = extra.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        rate = 0.0
+    if isinstance(value, bool) or not 0 < rate < float("inf"):
+        raise TerminalSyncError(
+            f"Stripe connection {conn_id!r}: extra {name!r} must be requests per second > 0, got {value!r}."
+        )
+    return rate
 
 
 def _timeout_extra(conn_id: str, extra: dict[str, Any]) -> float:
@@ -153,12 +180,13 @@ class StripeHook(BaseHook):
         """The client, built on first use and reused afterwards."""
         settings = self.settings
         self.log.info(
-            "Stripe connection %r: %s mode, %s, %d network retries, %ss timeout",
+            "Stripe connection %r: %s mode, %s, %d retries, %ss timeout, at most %s",
             self.stripe_conn_id,
             settings.mode,
             settings.api_base,
             settings.max_network_retries,
             settings.timeout,
+            settings.limits.describe(),
         )
         return stripe.StripeClient(
             settings.api_key,

@@ -21,6 +21,7 @@ from airflow.sdk import BaseHook, ObjectStoragePath
 from krenalis_airflow.core import extract as sql
 from krenalis_airflow.core.dedupe import dedupe as dedupe_records
 from krenalis_airflow.core.ledger import EmptyLedger, Ledger
+from krenalis_airflow.core.ratelimit import RateLimiter, concurrency_for
 from krenalis_airflow.core.records import Record, Rejection, read_jsonl, read_records, write_jsonl
 from krenalis_airflow.core.spec import PipelineSpec
 from krenalis_airflow.core.stripe_api import StripeCustomers
@@ -178,7 +179,9 @@ def upsert(run: StepRun) -> dict[str, Any]:
     # The SDK logs two INFO lines per request, and request/response bodies (personal data) at DEBUG.
     logging.getLogger("stripe").setLevel(logging.WARNING)
     stripe_hook = StripeHook(spec.destination.conn_id)
-    api = StripeCustomers(stripe_hook.get_conn())
+    settings = stripe_hook.settings
+    limiter = RateLimiter(settings.limits)
+    api = StripeCustomers(stripe_hook.get_conn(), limiter=limiter, retries=settings.max_network_retries)
     state = sql_hook(spec.state_conn_id)
     options = SyncOptions(
         pipeline_id=spec.id,
@@ -187,8 +190,14 @@ def upsert(run: StepRun) -> dict[str, Any]:
         duplicate_customers=spec.export.duplicate_customers,
         dry_run=run.dry_run,
         full_resync=run.full_resync,
+        concurrency=concurrency_for(settings.limits),
     )
-    run.log.info("Syncing to Stripe (%s mode key) with %s", stripe_hook.mode, options)
+    run.log.info(
+        "Syncing to Stripe (%s mode key): at most %s, %d requests in flight",
+        settings.mode,
+        settings.limits.describe(),
+        options.concurrency,
+    )
     conn = state.get_conn()
     try:
         ledger = Ledger(conn, state.placeholder, spec.id, spec.state.table_prefix)

@@ -420,7 +420,12 @@ def test_airflow_lists_the_stripe_connection_type(tmp_path: Any) -> None:
     stripe_widgets = {
         w["connection_parameter_name"] for w in widgets if w["package_name"] == "krenalis-airflow"
     }
-    assert stripe_widgets == {"extra__stripe__max_network_retries", "extra__stripe__timeout"}
+    assert stripe_widgets == {
+        "extra__stripe__max_network_retries",
+        "extra__stripe__timeout",
+        "extra__stripe__rate_limit",
+        "extra__stripe__endpoint_rate_limit",
+    }
 
 
 def test_providers_manager_knows_the_form_behaviour() -> None:

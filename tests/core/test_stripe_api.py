@@ -1,0 +1,102 @@
+"""How StripeCustomers sorts and retries failures. The failures are built as the stripe SDK builds
+them from a response (status, body code, headers); the real-HTTP versions run through the fault
+proxy in test_sync_faults.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import stripe
+
+from krenalis_airflow.core.ratelimit import Limits, RateLimiter
+from krenalis_airflow.core.stripe_api import RecordRejected, StripeCustomers
+from krenalis_airflow.exceptions import RetryableSyncError, TerminalSyncError
+
+
+def rate_limited(**headers: str) -> stripe.RateLimitError:
+    return stripe.RateLimitError("Too many requests", http_status=429, headers=headers, code="rate_limit")
+
+
+def server_error(**headers: str) -> stripe.APIError:
+    return stripe.APIError("boom", http_status=500, headers=headers)
+
+
+def api(retries: int = 3) -> tuple[StripeCustomers, list[float]]:
+    slept: list[float] = []
+    customers = StripeCustomers(
+        stripe.StripeClient("sk_test_x"),
+        limiter=RateLimiter(Limits(1000, 1000), sleep=lambda s: None),
+        retries=retries,
+        sleep=slept.append,
+    )
+    return customers, slept
+
+
+def failing(*errors: Exception, then: Any = "ok") -> Callable[[], Any]:
+    queue = list(errors)
+
+    def request() -> Any:
+        if queue:
+            raise queue.pop(0)
+        return then
+
+    return request
+
+
+def test_transient_failures_are_retried_with_growing_waits() -> None:
+    customers, slept = api()
+    assert customers._call("customers.create", failing(rate_limited(), server_error())) == "ok"
+    assert customers.calls["customers.create"] == 3
+    assert customers.retried == {"rate limited": 1, "HTTP 500": 1}
+    assert 0.25 <= slept[0] <= 0.5 and 0.5 <= slept[1] <= 1.0
+
+
+def test_retry_after_is_honoured_and_429_slows_the_limiter() -> None:
+    customers, slept = api()
+    customers._call("customers.update", failing(rate_limited(**{"Retry-After": "7"})))
+    assert slept == [7.0]
+    assert (
+        customers._limiter is not None and customers._limiter._global.rate == 500 * 1.01
+    )  # halved, then one success
+
+
+def test_retries_are_capped() -> None:
+    customers, _ = api(retries=2)
+    with pytest.raises(RetryableSyncError, match="failed 3 time"):
+        customers._call("customers.create", failing(*[server_error() for _ in range(5)]))
+    assert customers.calls["customers.create"] == 3
+
+
+def test_stripe_should_retry_false_is_obeyed() -> None:
+    customers, slept = api()
+    with pytest.raises(RetryableSyncError):
+        customers._call("customers.create", failing(server_error(**{"Stripe-Should-Retry": "false"})))
+    assert customers.calls["customers.create"] == 1 and slept == []
+
+
+def test_bad_key_and_missing_permission_are_terminal_at_once() -> None:
+    customers, _ = api()
+    with pytest.raises(TerminalSyncError, match="401"):
+        customers._call(
+            "customers.list",
+            failing(
+                stripe.AuthenticationError("Invalid API Key provided: sk_test_****abcd", http_status=401)
+            ),
+        )
+    with pytest.raises(TerminalSyncError, match="Customers: write") as raised:
+        customers._call("customers.list", failing(stripe.PermissionError("no", http_status=403)))
+    assert "sk_test_" not in str(raised.value)
+    assert customers.calls["customers.list"] == 2
+
+
+def test_a_bad_payload_rejects_the_record_with_stripes_message_and_param() -> None:
+    customers, _ = api()
+    invalid = stripe.InvalidRequestError("Invalid email address: nope", param="email", http_status=400)
+    with pytest.raises(RecordRejected, match=r"Invalid email address: nope \(param: email\)"):
+        customers._call("customers.create", failing(invalid))
+    gone = stripe.InvalidRequestError("No such customer: 'cus_1'", param="id", http_status=404)
+    with pytest.raises(RecordRejected, match="full_resync"):
+        customers._call("customers.update", failing(gone))
+    assert customers.retried == {}
