@@ -13,6 +13,8 @@ import stripe
 
 from tests.support.localstripe_process import STRIPE_TEST_KEY, LocalStripe
 
+pytest_plugins = ["tests.support.fixtures"]  # fault_proxy, proxied_client
+
 
 @pytest.fixture(scope="session")
 def localstripe() -> Iterator[LocalStripe]:

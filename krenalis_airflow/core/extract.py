@@ -1,18 +1,32 @@
 """Build and run the extraction query over any DB-API connection.
 
-The flow an operator follows::
+The operator's extract step makes one call, then runs what it returns::
 
-    cursor.execute(probe_sql(source))            # zero rows, but the source's columns
-    columns = columns_of(cursor)
-    sql, params = select_sql(source, spec.filter, columns, hook.placeholder, spec.export.order)
-    for row in iter_rows(cursor, sql, params): ...
-    cursor.execute(count_sql(source))            # total, to report how many the filter left out
+    extraction = prepare_extraction(
+        cursor, spec.source, spec.filter,
+        dialect=hook.dialect_name, placeholder=hook.placeholder,
+        order=spec.export.order, source_name=spec_file,
+    )
+    cursor.execute(extraction.count_sql)         # total, to report how many the filter left out
+    for row in iter_rows(cursor, extraction.sql, extraction.params): ...
+
+``prepare_extraction`` probes the source (its columns, and the types of the columns the filter
+reads), checks every column the spec names, and compiles the filter for the source's dialect
+(``filters.py``). The building blocks (``probe_sql``, ``columns_of``, ``column_kinds``,
+``select_sql``, ``count_sql``) stay public for callers that need them one by one.
 
 A source is wrapped as ``SELECT * FROM <table or (query)> AS src`` so tables and queries behave the
-same. ``probe_sql`` and ``count_sql`` take no parameters: execute them without any. ``select_sql``
+same. ``probe_sql`` and ``count_sql`` take no parameters: execute them without any. The select
 returns parameters: always execute it *with* them, even when the list is empty, because with the
 ``%s`` style it doubles every ``%`` of a ``query:`` (psycopg reads ``%`` as a placeholder whenever
 parameters are passed, even inside a string literal such as ``LIKE '%@example.com'``).
+
+Column types
+    PostgreSQL: ``cursor.description`` type codes (OIDs) of the probe, for free. SQLite reports
+    none: declared types come from ``PRAGMA table_info`` (a table or view) or a temporary view of
+    the query (dropped at once); a column without a declared type (``count(*) AS orders``) takes
+    the type of its first non-NULL value (``typeof``). Other dialects: every column is
+    ``Kind.OTHER`` and the database converts the text values itself.
 """
 
 from __future__ import annotations
@@ -22,15 +36,22 @@ import re
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from krenalis_airflow.core.conditions import Group
+from sqlalchemy.engine.interfaces import Dialect
+
+from krenalis_airflow.core.conditions import Group, Kind
 from krenalis_airflow.core.filters import (
+    POSTGRESQL,
+    SQLITE,
     check_placeholder,
     compile_filter,
+    dialect_name,
     filter_problems,
     quote_identifier,
+    sql_dialect,
     unknown_column_message,
 )
 from krenalis_airflow.core.spec import Source
@@ -39,16 +60,158 @@ from krenalis_airflow.exceptions import SpecError, SpecProblem
 # Quoted string, quoted identifier, line comment, block comment, blank space, or any other character.
 _TOKENS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\s+|.", re.DOTALL)
 
+# PostgreSQL type OIDs (cursor.description type codes of psycopg2 and psycopg 3) → kinds.
+_POSTGRES_KINDS = {
+    16: Kind.BOOLEAN,
+    20: Kind.INTEGER,
+    21: Kind.INTEGER,
+    23: Kind.INTEGER,
+    700: Kind.NUMBER,
+    701: Kind.NUMBER,
+    1700: Kind.NUMBER,
+    18: Kind.TEXT,
+    19: Kind.TEXT,
+    25: Kind.TEXT,
+    1042: Kind.TEXT,
+    1043: Kind.TEXT,
+    1082: Kind.DATE,
+    1114: Kind.TIMESTAMP,
+    1184: Kind.TIMESTAMP_TZ,
+    114: Kind.JSON,
+    3802: Kind.JSON,
+    2950: Kind.UUID,
+}
+# SQLite typeof() of a value → the kind of a column declared without a type.
+_SQLITE_VALUE_KINDS = {"integer": Kind.INTEGER, "real": Kind.NUMBER, "text": Kind.TEXT}
 
-def from_clause(source: Source) -> str:
+
+@dataclass(frozen=True)
+class Extraction:
+    """What the extract step runs, compiled for the source's dialect."""
+
+    sql: str  # SELECT … WHERE <filter> ORDER BY …; execute it with ``params``
+    params: list[Any]
+    count_sql: str  # rows before filtering; no parameters
+    columns: list[str]  # the source's columns, in order
+    kinds: dict[str, Kind]  # what the filter knows of the types of the columns it reads
+    where: str  # the filter alone ("" without one), e.g. for a preview
+
+    def display(self) -> str:
+        """The query and its parameters as a person reads them (never executed like this)."""
+        return f"{self.sql}\n-- parameters: {self.params!r}"
+
+
+def prepare_extraction(
+    cursor: Any,
+    source: Source,
+    group: Group | None,
+    *,
+    dialect: str | None,
+    placeholder: str,
+    order: tuple[str, bool] | None,
+    source_name: str = "<spec>",
+) -> Extraction:
+    """Probe the source through ``cursor`` and compile the extraction for it.
+
+    ``dialect`` and ``placeholder`` are the hook's ``dialect_name`` and ``placeholder``; ``order``
+    is ``Export.order``. Raises one ``SpecError`` (file ``source_name``) listing every unknown
+    column, every operator that does not apply to its column and every value that does not
+    convert to its column's type.
+    """
+    name = dialect_name(dialect, placeholder)
+    quoting = sql_dialect(name, placeholder)
+    cursor.execute(probe_sql(source, quoting))
+    columns = columns_of(cursor)
+    description = list(cursor.description)
+    problems = _column_problems(source, columns, order) + filter_problems(group, columns)
+    if problems:
+        raise SpecError(source_name, problems)
+    read = sorted({column for column in _filter_columns(group) if column in columns})
+    kinds = column_kinds(cursor, source, name, read, description)
+    where, params = compile_filter(group, columns, placeholder, source=source_name, dialect=name, kinds=kinds)
+    sql = _select(source, where, order, placeholder, name)
+    return Extraction(sql, params, count_sql(source, quoting), columns, kinds, where)
+
+
+def column_kinds(
+    cursor: Any, source: Source, dialect: str, names: Sequence[str], description: Sequence[Any] = ()
+) -> dict[str, Kind]:
+    """The kinds of the columns ``names``; ``description`` is the probe's ``cursor.description``."""
+    if dialect == POSTGRESQL:
+        codes = {str(column[0]): column[1] for column in description}
+        return {name: _POSTGRES_KINDS.get(codes.get(name, 0), Kind.OTHER) for name in names}
+    if dialect == SQLITE and names:
+        return _sqlite_kinds(cursor, source, names)
+    return {name: Kind.OTHER for name in names}
+
+
+def sqlite_kind(declared: str) -> Kind | None:
+    """The kind of a column declared ``declared`` (SQLite's own affinity rules, plus dates,
+    booleans and JSON); None when it has no declared type."""
+    name = declared.upper()
+    rules = [
+        (("INT",), Kind.INTEGER),
+        (("BOOL",), Kind.BOOLEAN),
+        (("JSON",), Kind.JSON),
+        (("DATETIME", "TIMESTAMP"), Kind.TIMESTAMP),
+        (("DATE",), Kind.DATE),
+        (("CHAR", "CLOB", "TEXT"), Kind.TEXT),
+        (("BLOB",), Kind.OTHER),
+        (("REAL", "FLOA", "DOUB", "NUM", "DEC"), Kind.NUMBER),
+    ]
+    if not name:
+        return None
+    return next((kind for words, kind in rules if any(word in name for word in words)), Kind.OTHER)
+
+
+def _sqlite_kinds(cursor: Any, source: Source, names: Sequence[str]) -> dict[str, Kind]:
+    declared = _sqlite_declared(cursor, source)
+    kinds: dict[str, Kind] = {}
+    for name in names:
+        kind = sqlite_kind(declared.get(name, ""))
+        kinds[name] = kind if kind is not None else _sqlite_value_kind(cursor, source, name)
+    return kinds
+
+
+def _sqlite_declared(cursor: Any, source: Source) -> dict[str, str]:
+    """Declared column types: PRAGMA table_info of the table, or of a temporary view of the query."""
+    if source.table is not None:
+        schema, _, table = source.table.rpartition(".")
+        prefix = f"{quote_identifier(schema)}." if schema else ""
+        cursor.execute(f"PRAGMA {prefix}table_info({quote_identifier(table)})")
+        return {str(row[1]): str(row[2] or "") for row in cursor.fetchall()}
+    view = quote_identifier(f"krenalis_probe_{uuid.uuid4().hex}")
+    try:
+        cursor.execute(f"CREATE TEMP VIEW {view} AS SELECT * FROM {from_clause(source)}")
+    except Exception:  # e.g. PRAGMA query_only: fall back to the values' types
+        return {}
+    try:
+        cursor.execute(f"PRAGMA temp.table_info({view})")
+        return {str(row[1]): str(row[2] or "") for row in cursor.fetchall()}
+    finally:
+        cursor.execute(f"DROP VIEW temp.{view}")
+
+
+def _sqlite_value_kind(cursor: Any, source: Source, name: str) -> Kind:
+    column = quote_identifier(name)
+    cursor.execute(f"SELECT typeof({column}) FROM {from_clause(source)} WHERE {column} IS NOT NULL LIMIT 1")
+    row = cursor.fetchone()
+    return _SQLITE_VALUE_KINDS.get(row[0], Kind.OTHER) if row else Kind.OTHER
+
+
+def _filter_columns(group: Group | None) -> list[str]:
+    return [] if group is None else [prop.split(".")[0] for prop in group.properties()]
+
+
+def from_clause(source: Source, dialect: Dialect | None = None) -> str:
     """``"schema"."table" AS src`` or ``(<query>) AS src``.
 
-    Table names are quoted part by part, so they must be spelled as stored (PostgreSQL stores
-    unquoted names in lower case). A query loses its trailing semicolons and comments (see
-    ``statement``) and is closed on a new line.
+    Table names are quoted part by part (the dialect's way; standard double quotes without one),
+    so they must be spelled as stored (PostgreSQL stores unquoted names in lower case). A query
+    loses its trailing semicolons and comments (see ``statement``) and is closed on a new line.
     """
     if source.table is not None:
-        return ".".join(quote_identifier(part) for part in source.table.split(".")) + " AS src"
+        return ".".join(quote_identifier(part, dialect) for part in source.table.split(".")) + " AS src"
     return f"(\n{statement(source.query or '')}\n) AS src"
 
 
@@ -65,14 +228,14 @@ def statement(query: str) -> str:
     return query[:end].strip()
 
 
-def probe_sql(source: Source) -> str:
+def probe_sql(source: Source, dialect: Dialect | None = None) -> str:
     """A query returning no rows but the source's columns (read them with ``columns_of``)."""
-    return f"SELECT * FROM {from_clause(source)} WHERE 1=0"
+    return f"SELECT * FROM {from_clause(source, dialect)} WHERE 1=0"
 
 
-def count_sql(source: Source) -> str:
+def count_sql(source: Source, dialect: Dialect | None = None) -> str:
     """The number of rows in the source before filtering."""
-    return f"SELECT COUNT(*) FROM {from_clause(source)}"
+    return f"SELECT COUNT(*) FROM {from_clause(source, dialect)}"
 
 
 def columns_of(cursor: Any) -> list[str]:
@@ -90,8 +253,10 @@ def select_sql(
     order: tuple[str, bool] | None,
     *,
     source_name: str = "<spec>",
+    dialect: str | None = None,
+    kinds: dict[str, Kind] | None = None,
 ) -> tuple[str, list[Any]]:
-    """The extraction query and its parameters.
+    """The extraction query and its parameters (``prepare_extraction`` probes ``kinds`` first).
 
     Rows come ordered by ``order`` (``Export.order``: column and descending), then by the key, so
     the order is total and the same on every run. Rows whose order column is NULL come last in
@@ -103,14 +268,22 @@ def select_sql(
     problems = _column_problems(source, columns, order) + filter_problems(group, columns)
     if problems:
         raise SpecError(source_name, problems)
-    where, params = compile_filter(group, columns, placeholder, source=source_name)
-    origin = from_clause(source)
+    name = dialect_name(dialect, placeholder)
+    where, params = compile_filter(group, columns, placeholder, source=source_name, dialect=name, kinds=kinds)
+    return _select(source, where, order, placeholder, name), params
+
+
+def _select(
+    source: Source, where: str, order: tuple[str, bool] | None, placeholder: str, dialect: str
+) -> str:
+    quoting = sql_dialect(dialect, placeholder)
+    origin = from_clause(source, quoting)
     if placeholder == "%s":
         origin = origin.replace("%", "%%")
     sql = f"SELECT * FROM {origin}"
     if where:
         sql += f" WHERE {where}"
-    return f"{sql} ORDER BY {_order_by(source.key, order)}", params
+    return f"{sql} ORDER BY {_order_by(source.key, order, quoting)}"
 
 
 def iter_rows(
@@ -179,12 +352,12 @@ def _column_problems(
     return problems
 
 
-def _order_by(key: str, order: tuple[str, bool] | None) -> str:
-    quoted_key = quote_identifier(key)
+def _order_by(key: str, order: tuple[str, bool] | None, dialect: Dialect) -> str:
+    quoted_key = quote_identifier(key, dialect)
     if order is None:
         return quoted_key
     column, descending = order
-    quoted = quote_identifier(column)
+    quoted = quote_identifier(column, dialect)
     terms = [f"({quoted} IS NULL)", quoted + (" DESC" if descending else "")]
     if column != key:
         terms.append(quoted_key)

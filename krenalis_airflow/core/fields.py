@@ -13,8 +13,15 @@ from typing import Any
 
 ADDRESS_PARTS = ("line1", "line2", "city", "state", "postal_code", "country")
 
+# The writable customer fields a profile sync can own. Left out on purpose: ``balance`` (Stripe
+# moves it with every invoice; overwriting it from a warehouse would erase credits and debts),
+# ``invoice_prefix`` (Stripe generates one per customer, and null has no value to reset it to),
+# ``invoice_settings.*`` (its hash also holds ``default_payment_method``: not worth risking
+# payments on how Stripe merges it), payment sources and test clocks. ``tax_exempt`` (none |
+# exempt | reverse) is a per-customer tax fact warehouses often hold; null resets it, and Stripe
+# then reports ``none``.
 SCALAR_FIELDS = frozenset(
-    {"name", "email", "phone", "description", "preferred_locales"}
+    {"name", "email", "phone", "description", "preferred_locales", "tax_exempt"}
     | {f"address.{part}" for part in ADDRESS_PARTS}
     | {"shipping.name", "shipping.phone"}
     | {f"shipping.address.{part}" for part in ADDRESS_PARTS}

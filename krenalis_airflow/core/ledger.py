@@ -21,10 +21,21 @@ from krenalis_airflow.core.records import Record
 
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
+    """Where a profile stands with Stripe.
+
+    ``status`` is ``synced`` (Stripe confirmed ``payload_hash``), ``rejected`` (Stripe refused that
+    payload: not resent until it changes) or ``failed`` (transient failures in ``attempts``
+    consecutive runs). ``field_hashes`` always describe the last *synced* payload, so a retry
+    after a failure still sends every unit that differs from what Stripe holds.
+    """
+
     match: str
     customer_ids: tuple[str, ...]
     payload_hash: str
-    field_hashes: str = ""  # JSON {unit: short hash}: which parts of the payload changed since
+    field_hashes: str = ""  # JSON {unit: short hash} of the last synced payload
+    status: str = "synced"
+    attempts: int = 0
+    error: str = ""
 
     def fields(self) -> dict[str, str]:
         return dict(json.loads(self.field_hashes)) if self.field_hashes else {}
@@ -34,6 +45,20 @@ def payload_hash(record: Record) -> str:
     """A stable hash of everything a write depends on: the matching value and the payload."""
     canonical = json.dumps([record.match, record.match_value, record.payload], sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+COLUMNS = (
+    "pipeline_id",
+    "profile_key",
+    "match_value",
+    "customer_ids",
+    "payload_hash",
+    "field_hashes",
+    "status",
+    "attempts",
+    "error",
+    "synced_at",
+)
 
 
 def field_hashes(payload: Mapping[str, Any]) -> str:
@@ -66,6 +91,9 @@ class Ledger:
             " customer_ids TEXT NOT NULL,"
             " payload_hash VARCHAR(64) NOT NULL,"
             " field_hashes TEXT NOT NULL,"
+            " status VARCHAR(10) NOT NULL,"
+            " attempts INTEGER NOT NULL,"
+            " error TEXT NOT NULL,"
             " synced_at VARCHAR(40) NOT NULL,"
             " PRIMARY KEY (pipeline_id, profile_key))"
         )
@@ -87,35 +115,43 @@ class Ledger:
         cursor = self._conn.cursor()
         try:
             cursor.execute(
-                f"SELECT profile_key, match_value, customer_ids, payload_hash, field_hashes FROM {self.table}"
+                "SELECT profile_key, match_value, customer_ids, payload_hash, field_hashes, status, attempts,"
+                f" error FROM {self.table}"
                 f" WHERE pipeline_id = {self._ph}",
                 (self._pipeline,),
             )
             entries = {}
             while rows := cursor.fetchmany(10_000):
-                for key, match, ids, digest, fields in rows:
-                    entries[key] = LedgerEntry(match, tuple(ids.split(",")) if ids else (), digest, fields)
+                for key, match, ids, *rest in rows:
+                    entries[key] = LedgerEntry(match, tuple(ids.split(",")) if ids else (), *rest)
             return entries
         finally:
             cursor.close()
 
     def record(self, entries: Mapping[str, LedgerEntry] | Iterable[tuple[str, LedgerEntry]]) -> int:
-        """Upsert entries and commit. Call only with writes Stripe has confirmed."""
+        """Upsert entries and commit. A ``synced`` entry must be one Stripe has confirmed."""
         items = list(entries.items() if isinstance(entries, Mapping) else entries)
         if not items:
             return 0
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        ph = ", ".join([self._ph] * 7)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[2:])
         sql = (
-            f"INSERT INTO {self.table}"
-            " (pipeline_id, profile_key, match_value, customer_ids, payload_hash, field_hashes, synced_at)"
-            f" VALUES ({ph}) ON CONFLICT (pipeline_id, profile_key) DO UPDATE SET"
-            " match_value = excluded.match_value, customer_ids = excluded.customer_ids,"
-            " payload_hash = excluded.payload_hash, field_hashes = excluded.field_hashes,"
-            " synced_at = excluded.synced_at"
+            f"INSERT INTO {self.table} ({', '.join(COLUMNS)}) VALUES ({', '.join([self._ph] * len(COLUMNS))})"
+            f" ON CONFLICT (pipeline_id, profile_key) DO UPDATE SET {updates}"
         )
         rows = [
-            (self._pipeline, key, e.match, ",".join(e.customer_ids), e.payload_hash, e.field_hashes, now)
+            (
+                self._pipeline,
+                key,
+                e.match,
+                ",".join(e.customer_ids),
+                e.payload_hash,
+                e.field_hashes,
+                e.status,
+                e.attempts,
+                e.error[:2000],
+                now,
+            )
             for key, e in items
         ]
         cursor = self._conn.cursor()

@@ -82,6 +82,7 @@ class RateLimiter:
         self._global = TokenBucket(limits.global_rate, clock=clock)
         self._endpoints: dict[str, TokenBucket] = {}
         self._lock = threading.Lock()
+        self._slowed_at = -1e9
         self.waited = 0.0  # seconds spent waiting for tokens, for the run summary
 
     def acquire(self, endpoint: str) -> None:
@@ -94,8 +95,16 @@ class RateLimiter:
             self._sleep(delay)
 
     def slow_down(self) -> None:
-        """Stripe said 429: halve every rate (never below 1/s)."""
+        """Stripe said 429: halve every rate (never below 1/s), at most once a second.
+
+        Requests in flight when the limit was hit come back with 429s together; they are one
+        signal, not many, or the rate would collapse to the floor.
+        """
         with self._lock:
+            now = self._clock()
+            if now - self._slowed_at < 1.0:
+                return
+            self._slowed_at = now
             for bucket in (self._global, *self._endpoints.values()):
                 bucket.rate = max(1.0, bucket.rate / 2)
 

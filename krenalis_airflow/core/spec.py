@@ -90,6 +90,25 @@ class Export(Model):
     duplicate_profiles: Literal["reject", "keep_first"] = "reject"
     order_by: str | None = None
     duplicate_customers: Literal["reject", "update_all"] = "reject"
+    max_rejected: int | str = "10%"
+    give_up_after: int = Field(default=3, ge=1, le=1000)
+
+    @field_validator("max_rejected")
+    @classmethod
+    def _max_rejected(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value >= 0:
+            return value
+        if isinstance(value, str) and re.match(r"^\d+(\.\d+)?%$", value) and float(value[:-1]) <= 100:
+            return value
+        raise ValueError(
+            f"{value!r} is not a count (e.g. 50) or a percentage of the extracted profiles (e.g. 5%)"
+        )
+
+    def rejection_limit(self, extracted: int) -> int:
+        """How many rejected + failed profiles a run tolerates before it fails."""
+        if isinstance(self.max_rejected, int):
+            return self.max_rejected
+        return int(extracted * float(self.max_rejected[:-1]) / 100)
 
     @field_validator("order_by")
     @classmethod

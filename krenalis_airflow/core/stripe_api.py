@@ -157,12 +157,12 @@ def _classify(exc: stripe.StripeError) -> str:
             f"(it needs to read and write customers). Stripe said: {_message(exc)}"
         ) from None
     if isinstance(exc, stripe.RateLimitError):
-        return "lock timeout" if exc.code == "lock_timeout" else "rate limited"
+        return "lock timeout" if _code(exc) == "lock_timeout" else "rate limited"
     if isinstance(exc, stripe.APIConnectionError):
         return "network error"
     status = exc.http_status or 0
     if status == 429:
-        return "lock timeout" if exc.code == "lock_timeout" else "rate limited"
+        return "lock timeout" if _code(exc) == "lock_timeout" else "rate limited"
     if status >= 500 or status == 409 or isinstance(exc, stripe.APIError):
         return f"HTTP {status or 'error'}"
     if status == 404:
@@ -171,6 +171,11 @@ def _classify(exc: stripe.StripeError) -> str:
             getattr(exc, "param", None),
         ) from None
     raise RecordRejected(_message(exc), getattr(exc, "param", None)) from None
+
+
+def _code(exc: stripe.StripeError) -> str | None:
+    """The body's error code: the SDK leaves ``exc.code`` empty for some errors (429 among them)."""
+    return exc.code or (getattr(exc.error, "code", None) if exc.error else None)
 
 
 def _header(exc: stripe.StripeError, name: str) -> str | None:

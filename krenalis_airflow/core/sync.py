@@ -3,8 +3,9 @@
 Per record, in order of cost:
 
 1. The ledger has this profile with the same matching value and the same payload hash →
-   *unchanged*, no API call (unless ``full_resync``).
-2. The ledger knows its customer(s) but the payload changed → *update* them directly.
+   *unchanged*, no API call (unless ``full_resync``). The same holds for a payload Stripe
+   rejected (reported again, not resent) and for one that failed in ``give_up_after`` runs.
+2. The ledger knows its customer(s) but the payload changed → *update* the units that changed.
 3. Otherwise look the matching value up in an index of every Stripe customer (built once, only
    when some record needs it, with ``limit=100`` pages) → create, update, or nothing to do when
    Stripe already holds the payload.
@@ -12,13 +13,16 @@ Per record, in order of cost:
 Writes run concurrently in a small thread pool; the ledger is written only from the calling
 thread and only for writes Stripe confirmed, checkpointed every ``checkpoint_every`` writes and
 whenever the run stops early. Creates carry an idempotency key derived from the pipeline,
-profile and payload, so a retried create after a crash returns the customer already created.
+profile, payload and the customer the ledger last knew, so a create retried after a crash
+returns the customer already created, while a deliberate re-create (``full_resync`` after the
+customer was deleted) gets a fresh key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -37,7 +41,7 @@ from krenalis_airflow.core.ledger import LedgerEntry, field_hashes, payload_hash
 from krenalis_airflow.core.records import Record, Rejection
 from krenalis_airflow.core.stripe_api import RecordRejected
 from krenalis_airflow.core.transform.run import normalise_match
-from krenalis_airflow.exceptions import RetryableSyncError
+from krenalis_airflow.exceptions import RetryableSyncError, TerminalSyncError
 
 log = logging.getLogger(__name__)
 STEP = "upsert"
@@ -68,6 +72,7 @@ class SyncOptions:
     full_resync: bool = False
     concurrency: int = 8
     checkpoint_every: int = 100
+    give_up_after: int = 3  # runs in a row a profile may fail for transient reasons
 
 
 @dataclass
@@ -93,6 +98,7 @@ class _Write:
     customer_ids: tuple[str, ...] = ()  # empty → create
     customers: tuple[dict[str, Any], ...] = ()  # their current state, when already listed
     units: frozenset[str] | None = None  # on update, the payload units to send (None: all)
+    previous: LedgerEntry | None = None  # the ledger's entry before this run
 
 
 class Syncer:
@@ -102,23 +108,31 @@ class Syncer:
         self.options = options
         self.result = SyncResult()
         self._pending: dict[str, LedgerEntry] = {}
+        self._busy: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._busy_lock = threading.Lock()
 
     # -- planning ---------------------------------------------------------------------------
 
     def run(self, records: Callable[[], Iterable[Record]]) -> SyncResult:
         """Sync every record; ``records`` is called once or twice (it must be re-readable)."""
-        entries = self.ledger.load() if not self.options.full_resync else {}
+        entries = self.ledger.load()
         index: dict[str, list[dict[str, Any]]] | None = None
         if self.options.full_resync or any(self._needs_lookup(r, entries) for r in records()):
             index = self._build_index()
-        writes = (w for r in records() if (w := self._decide(r, entries, index)) is not None)
+        writes = (w for r in records() if (w := self._decide(r, entries.get(r.key), index)) is not None)
         self._execute(writes)
         self.result.api_calls.update(self.api.calls)
         return self.result
 
     def _needs_lookup(self, record: Record, entries: dict[str, LedgerEntry]) -> bool:
+        """Whether ``_decide`` will need the index of Stripe customers for this record."""
         entry = entries.get(record.key)
-        return entry is None or entry.match != record.match or not entry.customer_ids
+        if entry is None or entry.match != record.match:
+            return True
+        if entry.customer_ids:
+            return False
+        settled = entry.status == "rejected" or entry.attempts >= self.options.give_up_after
+        return not (settled and entry.payload_hash == payload_hash(record))
 
     def _build_index(self) -> dict[str, list[dict[str, Any]]]:
         index: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -136,28 +150,37 @@ class Syncer:
         return index
 
     def _decide(
-        self, record: Record, entries: dict[str, LedgerEntry], index: dict[str, list[dict[str, Any]]] | None
+        self, record: Record, previous: LedgerEntry | None, index: dict[str, list[dict[str, Any]]] | None
     ) -> _Write | None:
         opts = self.options
         done = LedgerEntry(record.match, (), payload_hash(record), field_hashes(record.payload))
-        entry = entries.get(record.key)
-        if entry is not None and entry.match == record.match and entry.customer_ids:
-            if entry.payload_hash == done.payload_hash:
+        entry = previous if previous is not None and previous.match == record.match else None
+        if entry is not None and entry.payload_hash == done.payload_hash and not opts.full_resync:
+            if entry.status == "synced":
                 self.result.unchanged += 1
                 return None
+            if entry.status == "rejected":
+                self._reject(
+                    record, "rejected by Stripe", f"{entry.error} (payload unchanged since; not resent)"
+                )
+                return None
+            if entry.attempts >= opts.give_up_after:
+                self._reject(record, "given up", f"failed in {entry.attempts} runs in a row: {entry.error}")
+                return None
+        if entry is not None and entry.customer_ids and not opts.full_resync:
             if opts.mode == "create_only":
                 self._skip(record, "exists; create_only never updates")
                 return None
             before, now = entry.fields(), done.fields()
             units = frozenset(u for u in now if before.get(u) != now[u]) if before else None
-            return self._update(record, replace(done, customer_ids=entry.customer_ids), (), units)
+            return self._update(record, replace(done, customer_ids=entry.customer_ids), (), units, previous)
         assert index is not None  # built whenever a record misses the ledger
         matches = index.get(record.match, [])
         if not matches:
             if opts.mode == "update_only":
                 self._skip(record, f"no Stripe customer has this {opts.stripe_field}")
                 return None
-            return _Write(record, done)
+            return _Write(record, done, previous=previous)
         if len(matches) > 1 and opts.duplicate_customers == "reject":
             listed = ", ".join(c["id"] for c in matches[:SAMPLES])
             self._reject(
@@ -179,7 +202,7 @@ class Syncer:
             for path, value in record.payload.items()
             if not all(same_value(value, read_path(c, path)) for c in matches)
         )
-        return self._update(record, replace(done, customer_ids=ids), tuple(matches), units)
+        return self._update(record, replace(done, customer_ids=ids), tuple(matches), units, previous)
 
     def _update(
         self,
@@ -187,13 +210,14 @@ class Syncer:
         done: LedgerEntry,
         customers: tuple[dict[str, Any], ...],
         units: frozenset[str] | None,
+        previous: LedgerEntry | None,
     ) -> _Write | None:
         """An update of the changed units, or nothing when no unit Stripe sees has changed."""
         if units is not None and not units:
             self.result.unchanged += 1
             self._confirm(record.key, done)
             return None
-        return _Write(record, done, done.customer_ids, customers, units)
+        return _Write(record, done, done.customer_ids, customers, units, previous)
 
     def _skip(self, record: Record, reason: str) -> None:
         self.result.skipped[reason] += 1
@@ -219,19 +243,21 @@ class Syncer:
                         self._collect(running, wait(running, return_when=FIRST_COMPLETED).done)
                 while running:
                     self._collect(running, wait(running, return_when=FIRST_COMPLETED).done)
-            finally:
+            except BaseException:
+                # Stop sending, but record what Stripe confirmed while the error travelled.
                 for future in running:
                     future.cancel()
+                finished = {f for f in wait(running).done if not f.cancelled()}
+                self._collect(running, finished, stopping=True)
+                raise
+            finally:
                 self._checkpoint(force=True)
 
     def _send(self, write: _Write) -> tuple[str, ...]:
         record = write.record
         if not write.customer_ids:
             params = to_params(self._with_match(record), creating=True)
-            key = hashlib.sha256(
-                f"{self.options.pipeline_id}\0{record.key}\0{write.entry.payload_hash}".encode()
-            ).hexdigest()
-            return (self.api.create(params, f"krenalis-{key[:40]}"),)
+            return (self.api.create(params, self._idempotency_key(write)),)
         known = {c["id"]: c for c in write.customers}
         updated = []
         payload = {
@@ -245,29 +271,66 @@ class Syncer:
                 params = to_params(complete_groups(payload, current), creating=False)
             else:
                 params = to_params(payload, creating=False)
-            updated.append(self.api.update(customer_id, params))
+            with self._customer(customer_id):
+                updated.append(self.api.update(customer_id, params))
         return tuple(updated)
+
+    def _idempotency_key(self, write: _Write) -> str:
+        """Same pipeline, profile, payload and last known customer → same key (see module doc)."""
+        known = ",".join(write.previous.customer_ids) if write.previous else ""
+        seed = f"{self.options.pipeline_id}\0{write.record.key}\0{write.entry.payload_hash}\0{known}"
+        return "krenalis-" + hashlib.sha256(seed.encode()).hexdigest()[:40]
+
+    def _customer(self, customer_id: str) -> threading.Lock:
+        """One lock per customer: never two requests writing to the same customer at once."""
+        with self._busy_lock:
+            return self._busy[customer_id]
 
     def _with_match(self, record: Record) -> dict[str, Any]:
         field_ = self.options.stripe_field
         return {**record.payload, field_: record.match_value}
 
     def _collect(
-        self, running: dict[Future[tuple[str, ...]], _Write], done: set[Future[tuple[str, ...]]]
+        self,
+        running: dict[Future[tuple[str, ...]], _Write],
+        done: set[Future[tuple[str, ...]]],
+        *,
+        stopping: bool = False,
     ) -> None:
         for future in done:
             write = running.pop(future)
             try:
                 ids = future.result()
+            except TerminalSyncError:
+                if stopping:  # the run is already failing for this reason
+                    continue
+                raise
             except RecordRejected as exc:
                 self._reject(write.record, "rejected by Stripe", str(exc))
+                self._confirm(write.record.key, self._unsynced(write, "rejected", str(exc)))
                 continue
             except RetryableSyncError as exc:
                 self.result.failed += 1
                 self.result.sample("failed", f"{write.record.key}: {exc}")
+                self._confirm(write.record.key, self._unsynced(write, "failed", str(exc)))
                 continue
             self._count(write, ids)
             self._confirm(write.record.key, replace(write.entry, customer_ids=ids))
+
+    @staticmethod
+    def _unsynced(write: _Write, status: str, error: str) -> LedgerEntry:
+        """The ledger entry of a write Stripe did not confirm: the last synced state is kept."""
+        before = write.previous if write.previous and write.previous.match == write.record.match else None
+        failed_before = before.attempts if before and before.status == "failed" else 0
+        return LedgerEntry(
+            match=write.record.match,
+            customer_ids=before.customer_ids if before else (),
+            payload_hash=write.entry.payload_hash,
+            field_hashes=before.field_hashes if before else "",
+            status=status,
+            attempts=failed_before + 1 if status == "failed" else 0,
+            error=error,
+        )
 
     def _count(self, write: _Write, ids: tuple[str, ...]) -> None:
         outcome = "updated" if write.customer_ids else "created"

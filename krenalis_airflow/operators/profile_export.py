@@ -65,6 +65,7 @@ class ProfileExportOperator(BaseOperator):
             upstream=upstream or {},
             dry_run=bool(params.get("dry_run", False)),
             full_resync=bool(params.get("full_resync", False)),
+            run_id=context["run_id"],
             log=self.log,  # type: ignore[arg-type]
         )
         try:

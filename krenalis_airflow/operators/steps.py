@@ -13,16 +13,26 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.providers.common.sql.hooks.sql import DbApiHook
 from airflow.sdk import BaseHook, ObjectStoragePath
+from airflow.sdk.exceptions import AirflowFailException
 
 from krenalis_airflow.core import extract as sql
 from krenalis_airflow.core.dedupe import dedupe as dedupe_records
+from krenalis_airflow.core.history import History
 from krenalis_airflow.core.ledger import EmptyLedger, Ledger
 from krenalis_airflow.core.ratelimit import RateLimiter, concurrency_for
-from krenalis_airflow.core.records import Record, Rejection, read_jsonl, read_records, write_jsonl
+from krenalis_airflow.core.records import (
+    Record,
+    Rejection,
+    read_jsonl,
+    read_records,
+    read_rejections,
+    write_jsonl,
+)
 from krenalis_airflow.core.spec import PipelineSpec
 from krenalis_airflow.core.stripe_api import StripeCustomers
 from krenalis_airflow.core.sync import LedgerStore, Syncer, SyncOptions, SyncResult
@@ -43,6 +53,7 @@ class StepRun:
     dry_run: bool
     full_resync: bool
     log: logging.Logger
+    run_id: str = "local"
     limit: int | None = None  # extract at most this many profiles (preview)
 
     def file(self, name: str) -> ObjectStoragePath:
@@ -71,6 +82,7 @@ def _cursor(hook: DbApiHook) -> Iterator[tuple[Any, Any]]:
 
 
 def extract(run: StepRun) -> dict[str, Any]:
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     source = run.spec.source
     hook = sql_hook(source.conn_id)
     with _cursor(hook) as (_, cursor):
@@ -91,7 +103,14 @@ def extract(run: StepRun) -> dict[str, Any]:
         with path.open("w") as out:
             count = write_jsonl(out, itertools.islice(sql.iter_rows(cursor, query, params), run.limit))
     run.log.info("Extracted %d of %d profiles (%d filtered out)", count, total, total - count)
-    return {"profiles": str(path), "columns": columns, "total": total, "extracted": count, "sql": query}
+    return {
+        "profiles": str(path),
+        "columns": columns,
+        "total": total,
+        "extracted": count,
+        "sql": query,
+        "started_at": started_at,
+    }
 
 
 def transform(run: StepRun) -> dict[str, Any]:
@@ -180,9 +199,9 @@ def upsert(run: StepRun) -> dict[str, Any]:
     logging.getLogger("stripe").setLevel(logging.WARNING)
     stripe_hook = StripeHook(spec.destination.conn_id)
     settings = stripe_hook.settings
-    limiter = RateLimiter(settings.limits)
-    api = StripeCustomers(stripe_hook.get_conn(), limiter=limiter, retries=settings.max_network_retries)
-    state = sql_hook(spec.state_conn_id)
+    api = StripeCustomers(
+        stripe_hook.get_conn(), limiter=RateLimiter(settings.limits), retries=settings.max_network_retries
+    )
     options = SyncOptions(
         pipeline_id=spec.id,
         mode=spec.export.mode,
@@ -191,6 +210,7 @@ def upsert(run: StepRun) -> dict[str, Any]:
         dry_run=run.dry_run,
         full_resync=run.full_resync,
         concurrency=concurrency_for(settings.limits),
+        give_up_after=spec.export.give_up_after,
     )
     run.log.info(
         "Syncing to Stripe (%s mode key): at most %s, %d requests in flight",
@@ -198,6 +218,7 @@ def upsert(run: StepRun) -> dict[str, Any]:
         settings.limits.describe(),
         options.concurrency,
     )
+    state = sql_hook(spec.state_conn_id)
     conn = state.get_conn()
     try:
         ledger = Ledger(conn, state.placeholder, spec.id, spec.state.table_prefix)
@@ -207,16 +228,41 @@ def upsert(run: StepRun) -> dict[str, Any]:
         elif not ledger.exists():
             store = EmptyLedger()  # a dry run creates nothing, not even the table
         result = Syncer(api, store, options).run(_reader(run.upstream["deduped"]))
+        summary = _summary(run, result)
+        outcome = _outcome(spec.export.rejection_limit(summary["extracted"]), summary)
+        summary["outcome"] = outcome
+        _report(run, summary)
+        if not run.dry_run:
+            _record_history(run, History(conn, state.placeholder, spec.id, spec.state.table_prefix), summary)
     finally:
         conn.close()
-    summary = _summary(run, result)
-    _report(run, summary)
-    if result.failed:
-        raise RetryableSyncError(
-            f"{result.failed} profile(s) failed for transient reasons; they were not recorded as synced "
-            "and will be sent again by the retry or the next run"
-        )
+    if outcome != "success":
+        # Transient failures: an Airflow retry resends just those. Rejections: fix the data first.
+        error = RetryableSyncError if result.failed else AirflowFailException
+        raise error(f"{outcome}; see the summary above and {summary['rejection_files'][-1]}")
     return summary
+
+
+def _rejections(paths: list[str]) -> Iterator[Rejection]:
+    for path in paths:
+        with ObjectStoragePath(path).open() as stream:
+            yield from read_rejections(stream)
+
+
+def _outcome(limit: int, summary: dict[str, Any]) -> str:
+    bad = summary["rejected_total"] + summary["failed"]
+    if bad <= limit:
+        return "success"
+    return (
+        f"failed: {summary['rejected_total']} rejected + {summary['failed']} failed profiles exceed "
+        f"export.max_rejected ({limit} for {summary['extracted']} extracted)"
+    )
+
+
+def _record_history(run: StepRun, history: History, summary: dict[str, Any]) -> None:
+    history.ensure_tables()
+    history.record_rejections(run.run_id, _rejections(summary["rejection_files"]))
+    history.record_run(run.run_id, run.upstream.get("started_at", ""), summary, summary["outcome"])
 
 
 def _summary(run: StepRun, result: SyncResult) -> dict[str, Any]:

@@ -14,14 +14,18 @@ from typing import Any
 
 import pytest
 
-from krenalis_airflow.core.conditions import Group
+from krenalis_airflow.core.conditions import Group, Kind
 from krenalis_airflow.core.extract import (
+    Extraction,
+    column_kinds,
     columns_of,
     count_sql,
     iter_rows,
     json_value,
+    prepare_extraction,
     probe_sql,
     select_sql,
+    sqlite_kind,
     statement,
 )
 from krenalis_airflow.core.spec import Source
@@ -49,14 +53,23 @@ class Backend:
     def table(self, name: str) -> str:
         return f"{self.schema}.{name}" if self.schema else name
 
+    @property
+    def dialect(self) -> str:
+        return "sqlite" if self.name == "sqlite" else "postgresql"
+
+    def extraction(
+        self, source: Source, group: Group | None = None, order: tuple[str, bool] | None = None
+    ) -> Extraction:
+        return prepare_extraction(
+            self.conn.cursor(), source, group, dialect=self.dialect, placeholder=self.placeholder, order=order
+        )
+
     def ids(
         self, source: Source, group: Group | None = None, order: tuple[str, bool] | None = None
     ) -> list[Any]:
         """Probe the source, then extract it, the way the operator does."""
-        cursor = self.conn.cursor()
-        cursor.execute(probe_sql(source))
-        sql, params = select_sql(source, group, columns_of(cursor), self.placeholder, order)
-        return [row["id"] for row in iter_rows(cursor, sql, params)]
+        extraction = self.extraction(source, group, order)
+        return [row["id"] for row in iter_rows(self.conn.cursor(), extraction.sql, extraction.params)]
 
 
 def pg_connect(driver: str) -> Any:
@@ -210,13 +223,80 @@ def test_statement_drops_what_ends_the_query(query: str, expected: str) -> None:
     assert statement(query) == expected
 
 
-def test_query_expression_columns_filter_by_type_when_cast(db: Backend) -> None:
-    """SQLite gives an expression column no type; the documented fix, CAST, works everywhere."""
-    source = query_source(
-        f"SELECT id, CAST(orders * 2 AS INTEGER) AS double_orders FROM {db.table('profiles')}"
-    )
+@pytest.mark.parametrize("expression", ["orders * 2", "CAST(orders * 2 AS INTEGER)"])
+def test_query_expression_columns_filter_by_type(db: Backend, expression: str) -> None:
+    """SQLite declares no type for an expression column: the type of its values is used."""
+    source = query_source(f"SELECT id, {expression} AS double_orders FROM {db.table('profiles')}")
     assert db.ids(source, group(cond("double_orders", "is greater than", "20"))) == [2, 5]
     assert db.ids(source, group(cond("double_orders", "is one of", "6", "14"))) == [1, 3]
+    kinds = db.extraction(source, group(cond("double_orders", "is null"))).kinds
+    assert kinds == {"double_orders": Kind.INTEGER}
+
+
+def test_query_columns_keep_their_declared_types(db: Backend) -> None:
+    """On SQLite through a temporary view of the query, dropped at once."""
+    source = query_source(f"SELECT id AS key, updated_at AS seen, email FROM {db.table('profiles')}")
+    filter_group = group(cond("seen", "is", "2024-03-01T00:00:00Z"), cond("email", "is not null"))
+    extraction = prepare_extraction(
+        db.conn.cursor(),
+        Source(conn_id="w", query=source.query, key="key"),
+        filter_group,
+        dialect=db.dialect,
+        placeholder=db.placeholder,
+        order=None,
+    )
+    assert extraction.kinds == {"seen": Kind.TIMESTAMP, "email": Kind.TEXT}
+    rows = list(iter_rows(db.conn.cursor(), extraction.sql, extraction.params))
+    assert [row["key"] for row in rows] == [1, 5]
+    if db.name == "sqlite":
+        views = db.conn.execute("SELECT name FROM sqlite_temp_master WHERE type = 'view'").fetchall()
+        assert views == []
+
+
+def test_sqlite_without_writes_falls_back_to_the_values_types(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "w.db")
+    conn.execute("CREATE TABLE t (id INTEGER, at TIMESTAMP, n)")
+    conn.execute("INSERT INTO t VALUES (1, '2024-01-01', 5)")
+    conn.execute("PRAGMA query_only = 1")  # no temporary view either
+    source = query_source("SELECT * FROM t")
+    kinds = column_kinds(conn.cursor(), source, "sqlite", ["at", "n"])
+    assert kinds == {"at": Kind.TEXT, "n": Kind.INTEGER}
+    table = Source(conn_id="w", table="t", key="id")
+    assert column_kinds(conn.cursor(), table, "sqlite", ["at", "n"]) == {
+        "at": Kind.TIMESTAMP,
+        "n": Kind.INTEGER,
+    }
+
+
+@pytest.mark.parametrize(
+    ("declared", "kind"),
+    [
+        ("INTEGER", Kind.INTEGER),
+        ("BIGINT", Kind.INTEGER),
+        ("BOOLEAN", Kind.BOOLEAN),
+        ("JSON", Kind.JSON),
+        ("DATETIME", Kind.TIMESTAMP),
+        ("timestamp", Kind.TIMESTAMP),
+        ("DATE", Kind.DATE),
+        ("VARCHAR(40)", Kind.TEXT),
+        ("TEXT", Kind.TEXT),
+        ("BLOB", Kind.OTHER),
+        ("REAL", Kind.NUMBER),
+        ("DOUBLE PRECISION", Kind.NUMBER),
+        ("NUMERIC(10, 2)", Kind.NUMBER),
+        ("TIME", Kind.OTHER),
+        ("", None),
+    ],
+)
+def test_sqlite_declared_types(declared: str, kind: Kind | None) -> None:
+    assert sqlite_kind(declared) is kind
+
+
+def test_other_dialects_quote_their_way() -> None:
+    source = Source(conn_id="w", table="analytics.order", key="id")
+    sql, params = select_sql(source, None, ["id"], "%s", ("id", True), dialect="mysql")
+    assert sql == "SELECT * FROM `analytics`.`order` AS src ORDER BY (`id` IS NULL), `id` DESC"
+    assert params == []
 
 
 # --------------------------------------------------------------------------------------------

@@ -56,7 +56,12 @@ def test_429_halves_the_rates_and_successes_win_them_back() -> None:
     limiter = RateLimiter(Limits(global_rate=20, endpoint_rate=20), sleep=clock.sleep, clock=clock)
     limiter.acquire("customers.create")
     limiter.slow_down()
+    limiter.slow_down()  # the same burst of 429s: one signal
     assert limiter._global.rate == 10
-    for _ in range(200):
+    clock.now += 1.5
+    limiter.slow_down()
+    assert limiter._global.rate == 5
+    clock.now += 1.5
+    for _ in range(400):
         limiter.speed_up()
     assert limiter._global.rate == 20  # back to the limit, never above it

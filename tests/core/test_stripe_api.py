@@ -15,8 +15,10 @@ from krenalis_airflow.core.stripe_api import RecordRejected, StripeCustomers
 from krenalis_airflow.exceptions import RetryableSyncError, TerminalSyncError
 
 
-def rate_limited(**headers: str) -> stripe.RateLimitError:
-    return stripe.RateLimitError("Too many requests", http_status=429, headers=headers, code="rate_limit")
+def rate_limited(code: str = "rate_limit", **headers: str) -> stripe.RateLimitError:
+    """As the SDK builds it: the code only in the JSON body, never in ``.code``."""
+    body = {"error": {"type": "invalid_request_error", "code": code, "message": "Too many requests"}}
+    return stripe.RateLimitError("Too many requests", http_status=429, json_body=body, headers=headers)
 
 
 def server_error(**headers: str) -> stripe.APIError:
@@ -51,6 +53,12 @@ def test_transient_failures_are_retried_with_growing_waits() -> None:
     assert customers.calls["customers.create"] == 3
     assert customers.retried == {"rate limited": 1, "HTTP 500": 1}
     assert 0.25 <= slept[0] <= 0.5 and 0.5 <= slept[1] <= 1.0
+
+
+def test_lock_timeouts_are_told_apart_from_rate_limits() -> None:
+    customers, _ = api()
+    customers._call("customers.update", failing(rate_limited("lock_timeout"), rate_limited()))
+    assert customers.retried == {"lock timeout": 1, "rate limited": 1}
 
 
 def test_retry_after_is_honoured_and_429_slows_the_limiter() -> None:

@@ -14,7 +14,7 @@ from krenalis_airflow.core.ledger import Ledger
 from krenalis_airflow.core.records import Record
 from krenalis_airflow.core.stripe_api import StripeCustomers
 from krenalis_airflow.core.sync import Syncer, SyncOptions, SyncResult
-from krenalis_airflow.exceptions import TerminalSyncError
+from krenalis_airflow.exceptions import RetryableSyncError, TerminalSyncError
 
 
 def record(key: str, email: str, **payload: Any) -> Record:
@@ -267,3 +267,72 @@ def test_errors_never_carry_the_api_key(stripe_url: str, ledger: Ledger) -> None
     with pytest.raises(TerminalSyncError) as raised:
         Syncer(StripeCustomers(client), ledger, opts).run(lambda: iter([record("p1", "a@example.com")]))
     assert "secret123456" not in str(raised.value) and "rk_test_" not in str(raised.value)
+
+
+def test_a_payload_stripe_rejected_is_not_resent_until_it_changes(sync, stripe_client, ledger) -> None:
+    bad = record("p1", "bad@example.com", tax_exempt="none")  # localstripe answers 400 for this field
+    first = sync([bad, record("p2", "ok@example.com", name="Ok")])
+    assert first.created == 1 and [r.kind for r in first.rejections] == ["rejected by Stripe"]
+    assert ledger.load()["p1"].status == "rejected"
+
+    again = sync([bad, record("p2", "ok@example.com", name="Ok")])
+    assert sum(again.api_calls.values()) == 0  # reported again, not resent
+    assert "not resent" in again.rejections[0].reason
+
+    fixed = sync([record("p1", "bad@example.com", name="Fixed"), record("p2", "ok@example.com", name="Ok")])
+    assert fixed.created == 1 and not fixed.rejections
+    assert ledger.load()["p1"].status == "synced"
+
+
+class Flaky(StripeCustomers):
+    """The real client, except that writes for some emails fail as a 5xx storm would."""
+
+    def __init__(
+        self, client: stripe.StripeClient, failing: set[str], terminal_after: int | None = None
+    ) -> None:
+        super().__init__(client)
+        self.failing = failing
+        self.terminal_after = terminal_after
+        self.creates = 0
+
+    def create(self, params: dict[str, Any], idempotency_key: str) -> str:
+        self.creates += 1
+        if self.terminal_after is not None and self.creates > self.terminal_after:
+            raise TerminalSyncError("the key was revoked (401)")
+        if params.get("email") in self.failing:
+            raise RetryableSyncError("customers.create failed 4 time(s) (HTTP 503: unavailable)")
+        return super().create(params, idempotency_key)
+
+
+def test_transient_failures_are_retried_next_run_then_given_up(stripe_client, ledger) -> None:
+    opts = SyncOptions(
+        pipeline_id="test_pipeline", mode="create_and_update", stripe_field="email", give_up_after=2
+    )
+    records = [record("p1", "flaky@example.com", name="F"), record("p2", "fine@example.com", name="G")]
+    api = Flaky(stripe_client, {"flaky@example.com"})
+    outcomes = [Syncer(api, ledger, opts).run(lambda: iter(records)) for _ in range(3)]
+    assert [(o.created, o.failed) for o in outcomes] == [(1, 1), (0, 1), (0, 0)]
+    assert [r.kind for r in outcomes[2].rejections] == ["given up"]
+    assert ledger.load()["p1"].status == "failed" and ledger.load()["p1"].attempts == 2
+    assert api.creates == 3  # the third run did not try again
+
+    api.failing.clear()
+    healed = Syncer(api, ledger, opts).run(
+        lambda: iter([record("p1", "flaky@example.com", name="F2"), records[1]])
+    )
+    assert healed.created == 1 and ledger.load()["p1"].status == "synced"
+
+
+def test_a_terminal_error_mid_run_keeps_what_stripe_confirmed(stripe_client, ledger) -> None:
+    opts = SyncOptions(
+        pipeline_id="test_pipeline", mode="create_and_update", stripe_field="email", concurrency=1
+    )
+    records = [record(f"p{i}", f"u{i}@example.com", name=f"U{i}") for i in range(8)]
+    with pytest.raises(TerminalSyncError):
+        Syncer(Flaky(stripe_client, set(), terminal_after=5), ledger, opts).run(lambda: iter(records))
+    recorded = ledger.load()
+    assert len(recorded) == 5 and all(e.status == "synced" for e in recorded.values())
+    assert len(customers(stripe_client)) == 5
+    rest = Syncer(StripeCustomers(stripe_client), ledger, opts).run(lambda: iter(records))
+    assert (rest.created, rest.unchanged) == (3, 5)
+    assert len(customers(stripe_client)) == 8

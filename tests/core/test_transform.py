@@ -6,6 +6,9 @@ Expected values are written out literally; none is computed with the code under 
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +26,8 @@ from krenalis_airflow.core.transform.mapping import MappingTransform, syntax_pro
 from krenalis_airflow.core.transform.run import stripe_value, transform_profiles
 from krenalis_airflow.exceptions import TransformError
 
+SAMPLE = Path(__file__).resolve().parents[2] / "dags" / "pipelines" / "sample_customers.yaml"
+
 ADA = {
     "profile_id": 1,
     "first_name": "Ada",
@@ -37,13 +42,13 @@ ADA = {
 }
 
 
-def make_spec(stripe: str = "email", prop: str = "email") -> PipelineSpec:
+def make_spec(stripe: str = "email", prop: str = "email", mode: str = "create_and_update") -> PipelineSpec:
     return parse_spec(
         f"""\
 id: transform_test
 source: {{conn_id: warehouse, table: customer_profiles, key: profile_id}}
 export:
-  mode: create_and_update
+  mode: {mode}
   matching: {{property: {prop}, stripe: {stripe}}}
 transformation:
   mapping:
@@ -126,6 +131,14 @@ def test_mapping_reading_a_missing_property_raises_transform_error_naming_the_fi
     assert undefined in message
 
 
+def test_columns_named_like_the_templates_internals_are_plain_columns() -> None:
+    transform = MappingTransform({"description": "result ~ '!'", "name": "environment ~ context"})
+    assert transform({"result": "r", "environment": "e", "context": "c"}) == {
+        "description": "r!",
+        "name": "ec",
+    }
+
+
 def test_mapping_wraps_runtime_errors_of_an_expression() -> None:
     with pytest.raises(TransformError, match=r"^metadata\.ratio: ZeroDivisionError"):
         MappingTransform({"metadata.ratio": "orders / 0"})(ADA)
@@ -153,6 +166,313 @@ def test_sandbox_refuses_mutating_the_profile() -> None:
     with pytest.raises(TransformError, match=r"^description: SecurityError"):
         MappingTransform({"description": "tags.append('c')"})(profile)
     assert profile["tags"] == ["a", "b"]
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers (the Krenalis mapping language's functions)
+
+
+def evaluate(expression: str, **profile: Any) -> Any:
+    return MappingTransform({"description": expression})(profile)["description"]
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("coalesce(n, 'x')", "x"),
+        ("coalesce(n, n)", None),
+        ("coalesce(n, '', 'x')", ""),  # "" is a value, as in Krenalis
+        ("coalesce(n, 0)", 0),
+        ("if(true, 1, 2)", 1),
+        ("if(false, 'a', 'b')", "b"),
+        ("if(n, 7.5, 9.8)", 9.8),
+        ("if(true, 5)", 5),
+        ("if(false, 5)", None),
+        ("if(n, 5)", None),
+        ("if(one, 'yes', 'no')", "yes"),  # SQLite booleans are 0/1
+        ("if(zero, 'yes', 'no')", "no"),
+        ("if('TRUE', 'yes', 'no')", "yes"),
+        ("and(true, true)", True),
+        ("and(true, false)", False),
+        ("and(n, true)", None),
+        ("and(n, false)", False),
+        ("or(true, false)", True),
+        ("or(false, false)", False),
+        ("or(n, true)", True),
+        ("or(n, false)", None),
+        ("true|not", False),
+        ("zero|not", True),
+        ("n|not", None),
+        ("eq(5, 5)", True),
+        ("eq('a', 'b')", False),
+        ("eq('a', 5)", False),
+        ("eq(1, true)", False),
+        ("eq('a', n)", None),
+        ("ne(5, 5)", False),
+        ("ne('a', 5)", True),
+        ("ne('a', n)", None),
+        ("initcap('emily johnson')", "Emily Johnson"),
+        ("initcap('john o\\'connor')", "John O'Connor"),
+        ("initcap('NEW YORK')", "New York"),
+        ("initcap('3rd avenue')", "3rd Avenue"),
+        ("initcap(n)", None),
+        ("lower('aBc')", "abc"),
+        ("lower(n)", None),
+        ("upper('usa')", "USA"),
+        ("upper(n)", None),
+        ("trim('  info@example.com ')", "info@example.com"),
+        ("trim(tab)", "hello world"),
+        ("trim(n)", None),
+        ("ltrim(tab)", "hello world\n"),
+        ("ltrim(n)", None),
+        ("rtrim(tab)", "\t   hello world"),
+        ("rtrim(n)", None),
+        ("substring('Alice Johnson', 0, 5)", "Alice"),
+        ("substring('Alice Johnson', 1, 5)", "Alice"),
+        ("substring('Alice Johnson', 7)", "Johnson"),
+        ("substring('Alice Johnson', 7, 20)", "Johnson"),
+        ("substring('Alice Johnson', 20, 5)", ""),
+        ("substring('Alice Johnson', 1, 0)", ""),
+        ("substring(n, 1, 5)", None),
+        ("substring('Alice', n)", None),
+        ("substring('Alice', 1, n)", None),
+        ("len(n)", 0),
+        ("len(true)", 4),
+        ("len(false)", 5),
+        ("len('Seattle')", 7),
+        ("len('東京')", 2),
+        ("len(array(1.5, 3.9, 0.15))", 3),
+        ("len(520945)", 6),
+        ("len(-722)", 4),
+        ("len(88.0300)", 5),
+        ('len(json_parse(\'{"a": 1, "b": 2}\'))', 2),
+        ('json_parse(\'{"city": "Milan"}\')', {"city": "Milan"}),
+        ("json_parse('\"Android\"')", "Android"),
+        ("json_parse('true')", True),
+        ("json_parse('[1, 2, 3]')", [1, 2, 3]),
+        ("json_parse('null')", None),
+        ("json_parse(n)", None),
+        ("json_parse(decoded)", {"plan": "pro"}),  # a jsonb value is already decoded
+        ("array(1, n, 'x')", [1, None, "x"]),
+        ("array()", []),
+        ("map('a', 1, 'b', n)", {"a": 1, "b": None}),
+        ("map()", {}),
+    ],
+)
+def test_helpers_have_the_krenalis_meaning(expression: str, expected: Any) -> None:
+    profile = {"n": None, "one": 1, "zero": 0, "tab": "\t   hello world\n", "decoded": {"plan": "pro"}}
+    assert evaluate(expression, **profile) == expected
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("first_name|initcap", "Ada"),
+        ("vip|if('VIP', 'regular')", "VIP"),
+        ("n|if('VIP', 'regular')", "regular"),
+        ("vip|and(true)", True),
+        ("n|or(vip)", True),
+        ("vip|not", False),
+        ("n|coalesce(first_name)", "ada"),
+        ("first_name|eq('ada')", True),
+        ("first_name|ne('ada')", False),
+        ("first_name|substring(2, 2)", "da"),
+        ("first_name|len", 3),
+        ("'{\"a\": 1}'|json_parse", {"a": 1}),
+        ("first_name|upper|lower", "ada"),
+        ("'  x '|trim|ltrim|rtrim", "x"),
+        ("first_name|array(n)", ["ada", None]),
+        ("n|lower", None),  # Jinja's own lower filter would give 'none'
+        ("n|trim", None),
+        ("'xxaxx'|trim('x')", "a"),  # Jinja's trim(chars) still works
+    ],
+)
+def test_helpers_are_filters_too_with_the_piped_value_first(expression: str, expected: Any) -> None:
+    assert evaluate(expression, first_name="ada", vip=True, n=None) == expected
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("if(vip, 'VIP', 'regular')", "VIP"),  # a keyword where an operand starts is a name
+        ("first_name ~ ' ' ~ if(vip, '*', '')", "ada *"),
+        ("(and(vip, true))", True),
+        ("[or(n, vip)]", [True]),
+        ("vip and (n)", None),  # after an operand, `and` is Jinja's operator
+        ("not(n)", True),  # `not` is always Jinja's operator: use n|not for Krenalis's
+        ("tags|map('upper')|join(',')", "A,B"),  # Jinja's map filter is kept
+    ],
+)
+def test_keyword_named_helpers_parse_where_an_operand_starts(expression: str, expected: Any) -> None:
+    assert evaluate(expression, first_name="ada", vip=True, n=None, tags=["a", "b"]) == expected
+
+
+@pytest.mark.parametrize(
+    ("expression", "error"),
+    [
+        ("if('maybe', 1, 2)", "if: 'maybe' is not a boolean"),
+        ("and(2, true)", "and: 2 is not a boolean"),
+        ("substring('abc', 1, -1)", "substring: the length cannot be negative"),
+        ("substring('abc', 'x')", "substring: 'x' is not an integer"),
+        ("json_parse('{nope')", "json_parse: not valid JSON"),
+        ("json_parse(3)", "json_parse: a int is not JSON text"),
+        ("map('a')", "map: takes key, value pairs"),
+        ("map(1, 2)", "map: keys must be text"),
+    ],
+)
+def test_helpers_reject_what_they_cannot_handle(expression: str, error: str) -> None:
+    with pytest.raises(TransformError, match=r"^description: \w+: " + re.escape(error)):
+        evaluate(expression)
+
+
+# --------------------------------------------------------------------------------------------
+# Null and text in ~
+
+
+@pytest.mark.parametrize(
+    ("profile", "expected"),
+    [
+        ({"first_name": "Ada", "last_name": None}, "Ada "),
+        ({"first_name": None, "last_name": "Lovelace"}, " Lovelace"),
+        ({"first_name": None, "last_name": None}, " "),
+    ],
+)
+def test_concatenation_joins_null_as_empty_text_never_none(profile: dict[str, Any], expected: str) -> None:
+    assert name_transform()(profile) == {"name": expected}
+
+
+def test_trim_drops_the_space_left_by_a_null_part() -> None:
+    transform = MappingTransform({"name": "trim(first_name ~ ' ' ~ last_name)"})
+    assert transform({"first_name": "Ada", "last_name": None}) == {"name": "Ada"}
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("'n=' ~ 12.0", "n=12"),
+        ("'n=' ~ 12.5", "n=12.5"),
+        ("'vip: ' ~ true", "vip: true"),
+        ("none ~ 'x'", "x"),  # constants too: no folding with str()
+        ("'a' ~ 1 ~ none ~ 'b'", "a1b"),
+    ],
+)
+def test_concatenation_writes_values_as_stripe_receives_them(expression: str, expected: str) -> None:
+    assert evaluate(expression) == expected
+
+
+def test_concatenating_a_list_fails_with_a_hint() -> None:
+    with pytest.raises(
+        TransformError, match=r"^description: TypeError: cannot use a list as text; use \|join"
+    ):
+        evaluate("'tags: ' ~ tags", tags=["a"])
+
+
+def test_the_sample_pipeline_mapping_never_writes_none() -> None:
+    mapping = parse_spec(SAMPLE.read_text()).transformation.mapping
+    assert mapping is not None
+    profile: dict[str, Any] = dict.fromkeys(set().union(*variables(mapping).values()), "x")
+    payload = MappingTransform(mapping)({**profile, "last_name": None})
+    assert payload["name"] == "x "
+
+
+# --------------------------------------------------------------------------------------------
+# JSON columns
+
+TRAITS = {
+    "plan": "pro",
+    "birth day": "05-12",
+    "tags": ["a", "b"],
+    "address": {"city": "Milan"},
+    "phone": "+39",
+}
+
+
+@pytest.mark.parametrize("traits", [json.dumps(TRAITS), TRAITS], ids=["sqlite-json-text", "jsonb-dict"])
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("traits.plan", "pro"),
+        ("traits['plan']", "pro"),
+        ("traits['birth day']", "05-12"),
+        ("traits.tags[1]", "b"),
+        ("traits.tags[-1]", "b"),
+        ("traits.tags[5]", None),  # past the end: null
+        ("traits.address.city", "Milan"),
+        ("traits.address['city']", "Milan"),
+        ("traits.name", None),  # a key the object does not have: null
+        ("traits.name.first", None),  # reading through null: null
+        ("traits.plan|upper", "PRO"),
+        ("coalesce(traits.nickname, traits.plan)", "pro"),
+        ("traits.tags|join(',')", "a,b"),
+    ],
+)
+def test_json_columns_are_read_with_dots_and_brackets(traits: Any, expression: str, expected: Any) -> None:
+    assert evaluate(expression, traits=traits) == expected
+
+
+def test_json_text_stays_text_unless_read_into() -> None:
+    text = json.dumps({"plan": "pro"})
+    assert evaluate("traits", traits=text) == text
+    assert evaluate("len(traits)", traits=text) == len(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "expression", "expected"),
+    [
+        ("{draft} notes", "value[0]", "{"),  # not JSON: string behaviour
+        ("[1, 2", "value[0]", "["),
+        ('"just a string"', "value[0]", '"'),  # JSON, but not an object or array
+        ("[10, 20]", "value[1]", 20),  # a JSON array held as text
+        ('  {"a": 1}', "value.a", 1),  # leading whitespace
+        ("Ada", "value.upper()", "ADA"),  # string methods still work on text
+    ],
+)
+def test_only_json_objects_and_arrays_are_decoded(value: str, expression: str, expected: Any) -> None:
+    assert evaluate(expression, value=value) == expected
+
+
+@pytest.mark.parametrize("traits", [json.dumps(TRAITS), TRAITS], ids=["sqlite-json-text", "jsonb-dict"])
+def test_reading_a_key_of_a_non_object_json_value_fails_the_profile(traits: Any) -> None:
+    with pytest.raises(TransformError, match=r"^description: UndefinedError"):
+        evaluate("traits.phone.mobile", traits=traits)
+
+
+def test_json_columns_are_read_the_same_way_in_the_fast_and_the_field_by_field_path() -> None:
+    transform = MappingTransform({"metadata.plan": "traits.plan", "metadata.city": "traits.address.city"})
+    profiles = [{"traits": json.dumps(TRAITS)}, {"traits": None}, {"traits": TRAITS}]
+    assert [transform(p) for p in profiles] == [
+        {"metadata.plan": "pro", "metadata.city": "Milan"},
+        {"metadata.plan": None, "metadata.city": None},
+        {"metadata.plan": "pro", "metadata.city": "Milan"},
+    ]
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "traits.__class__",
+        "traits['__class__']",
+        "traits.address.__class__",
+        "traits.plan.__class__",
+        "traits.tags.__class__",
+    ],
+)
+def test_json_access_never_reaches_python_attributes(expression: str) -> None:
+    # an object key that happens to be called __class__ is data (null here); any other object
+    # goes through the sandbox, which refuses
+    for traits in (json.dumps(TRAITS), TRAITS):
+        try:
+            value = evaluate(expression, traits=traits)
+        except TransformError as exc:
+            assert "unsafe" in str(exc)
+        else:
+            assert value is None
+
+
+@pytest.mark.parametrize("expression", ["coalesce.__globals__", "lower.__code__", "map.__module__"])
+def test_sandbox_refuses_the_internals_of_helpers(expression: str) -> None:
+    with pytest.raises(TransformError, match="unsafe"):
+        evaluate(expression)
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,6 +640,63 @@ def test_profiles_are_consumed_lazily_one_batch_at_a_time(email_spec: PipelineSp
     assert [r.key for r in items] == ["2", "3", "4", "5"]
 
 
+def test_an_invalid_output_rejects_that_profile_with_every_reason(email_spec: PipelineSpec) -> None:
+    transform = MappingTransform(
+        {"name": "first_name", "address.country": "country", "metadata.notes": "notes"}
+    )
+    profiles = [
+        {"profile_id": 1, "email": "a@x.com", "first_name": "Ada", "country": "IT", "notes": "ok"},
+        {"profile_id": 2, "email": "b@x.com", "first_name": "B" * 300, "country": "it", "notes": "n" * 501},
+        {"profile_id": 3, "email": "c@x.com", "first_name": "Cy", "country": None, "notes": None},
+    ]
+    items = list(transform_profiles(profiles, email_spec, transform))
+    assert items[0] == Record(
+        "1", "a@x.com", "a@x.com", {"name": "Ada", "address.country": "IT", "metadata.notes": "ok"}
+    )
+    assert items[1] == Rejection(
+        "2",
+        "transform",
+        "invalid output",
+        "name: 300 characters; Stripe allows at most 256; "
+        "address.country: 'it' must be upper case: 'IT' (e.g. upper(country)); "
+        "metadata.notes: 501 characters; Stripe allows at most 500 in a metadata value",
+    )
+    assert isinstance(items[2], Record)
+
+
+def test_a_value_without_a_text_form_is_an_invalid_output(email_spec: PipelineSpec) -> None:
+    [item] = transform_profiles([ADA], email_spec, MappingTransform({"description": "tags"}))
+    assert item == Rejection(
+        "1",
+        "transform",
+        "invalid output",
+        "description: a list is not text; join it (|join(', ')) or pick one element",
+    )
+
+
+def test_the_matched_email_is_checked_when_a_create_would_write_it() -> None:
+    profile = {**ADA, "email": "ada at example.com"}
+    [item] = transform_profiles([profile], make_spec(), name_transform())
+    assert item == Rejection(
+        "1", "transform", "invalid output", "email: 'ada at example.com' is not an email address"
+    )
+
+
+def test_the_matched_value_is_not_checked_when_the_export_never_creates() -> None:
+    spec = make_spec(mode="update_only")
+    profile = {**ADA, "email": "ada at example.com"}
+    [item] = transform_profiles([profile], spec, name_transform())
+    assert isinstance(item, Record)
+
+
+def test_the_matched_metadata_key_counts_towards_the_fifty(metadata_spec: PipelineSpec) -> None:
+    mapping = {f"metadata.k{i}": "'v'" for i in range(50)}
+    [item] = transform_profiles([{**ADA, "crm_id": "C1"}], metadata_spec, MappingTransform(mapping))
+    assert item == Rejection(
+        "1", "transform", "invalid output", "metadata: 51 keys; Stripe allows at most 50"
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # stripe_value
 
@@ -481,6 +858,7 @@ def test_same_value(desired: Any, actual: Any, same: bool) -> None:
         "phone",
         "description",
         "preferred_locales",
+        "tax_exempt",
         "address.line1",
         "address.postal_code",
         "shipping.name",

@@ -59,6 +59,12 @@ def test_sample_pipeline_first_sync_rerun_and_k_changes(
     assert in_stripe[key]["name"] == f"{first_name} {last_name}"
     assert in_stripe[key]["metadata"]["plan"] == plan
 
+    with sqlite3.connect(airflow_env.warehouse) as db:  # the records a person can query
+        runs = db.execute("SELECT outcome, extracted, created, rejected_total FROM krenalis_runs").fetchall()
+        rejected = db.execute("SELECT profile_key, step, kind FROM krenalis_rejections").fetchall()
+    assert runs == [("success", first["extracted"], first["created"], first["rejected_total"])]
+    assert len(rejected) == first["rejected_total"] and {r[2] for r in rejected} <= set(first["rejected"])
+
     second = airflow_env.run_dag("sample_customers")
     assert (second["created"], second["updated"], second["unchanged"]) == (0, 0, first["created"])
     assert second["api_calls"] == {}
@@ -156,3 +162,20 @@ transformation:
             cur.execute(f"DROP TABLE IF EXISTS {table}")
             cur.execute(f"DROP TABLE IF EXISTS {prefix}ledger")
         pg.close()
+
+
+def test_too_many_rejections_turn_the_run_red(airflow_env: AirflowEnv, stripe_client, write_spec) -> None:
+    write_sqlite_warehouse(airflow_env.warehouse, profiles=200)
+    strict = SAMPLE.read_text().replace(
+        "duplicate_customers: reject", "duplicate_customers: reject\n  max_rejected: 0"
+    )
+    write_spec("sample_customers.yaml", strict)
+    failed = airflow_env.airflow("dags", "test", "sample_customers", check=False)
+    assert failed.returncode != 0
+    assert "exceed export.max_rejected (0 for" in failed.stdout + failed.stderr
+    with sqlite3.connect(airflow_env.warehouse) as db:
+        [(outcome, created)] = db.execute("SELECT outcome, created FROM krenalis_runs").fetchall()
+        keys = {k for (k,) in db.execute("SELECT profile_key FROM krenalis_rejections")}
+    assert outcome.startswith("failed: ") and created > 0  # what was valid was still synced
+    summary = json.loads(next(airflow_env.storage.glob("sample_customers/*/summary.json")).read_text())
+    assert len(keys) == summary["rejected_total"] > 0

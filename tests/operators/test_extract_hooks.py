@@ -1,8 +1,9 @@
 """The extraction core through Airflow's own hooks, with connections from ``AIRFLOW_CONN_*``.
 
-``hook.placeholder`` is what the operator passes to ``select_sql``: ``?`` for SqliteHook and
-``%s`` for PostgresHook, whose ``get_conn()`` returns a psycopg 3 connection when psycopg and
-SQLAlchemy 2 are installed (as here), psycopg2 otherwise.
+The operator passes ``hook.dialect_name`` and ``hook.placeholder`` to ``prepare_extraction``:
+``sqlite`` / ``?`` for SqliteHook and ``postgresql`` / ``%s`` for PostgresHook, whose
+``get_conn()`` returns a psycopg 3 connection when psycopg and SQLAlchemy 2 are installed (as
+here), psycopg2 otherwise.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 from airflow.providers.common.sql.hooks.sql import DbApiHook
 
 from krenalis_airflow.core.conditions import Group
-from krenalis_airflow.core.extract import columns_of, count_sql, iter_rows, probe_sql, select_sql
+from krenalis_airflow.core.extract import iter_rows, prepare_extraction
 from krenalis_airflow.core.spec import Source
 
 PG_DSN = "host=127.0.0.1 dbname=test user=postgres"
@@ -39,18 +40,23 @@ VIP_OR_NO_PLAN = Group.model_validate(
 
 
 def extract(hook: DbApiHook, table: str) -> tuple[list[dict[str, Any]], int]:
-    """What the operator's extract step does: probe, select, stream, count."""
+    """What the operator's extract step does: one prepare_extraction call, then count and stream."""
     source = Source(conn_id="warehouse", table=table, key="id")
     conn = hook.get_conn()
     try:
         cursor = conn.cursor()
-        cursor.execute(probe_sql(source))
-        sql, params = select_sql(
-            source, VIP_OR_NO_PLAN, columns_of(cursor), hook.placeholder, ("orders", True)
+        extraction = prepare_extraction(
+            cursor,
+            source,
+            VIP_OR_NO_PLAN,
+            dialect=hook.dialect_name,
+            placeholder=hook.placeholder,
+            order=("orders", True),
+            source_name="pipelines/hooks.yaml",
         )
-        rows = list(iter_rows(cursor, sql, params))
-        cursor.execute(count_sql(source))
-        return rows, cursor.fetchone()[0]
+        cursor.execute(extraction.count_sql)
+        total = cursor.fetchone()[0]
+        return list(iter_rows(cursor, extraction.sql, extraction.params)), total
     finally:
         conn.close()
 
@@ -97,7 +103,7 @@ def test_sqlite_hook(sqlite_conn: str) -> None:
     from airflow.providers.sqlite.hooks.sqlite import SqliteHook
 
     hook = SqliteHook(sqlite_conn_id=sqlite_conn)
-    assert hook.placeholder == "?"
+    assert (hook.dialect_name, hook.placeholder) == ("sqlite", "?")
     rows, total = extract(hook, "profiles")
     assert total == 3
     assert rows == [
@@ -111,7 +117,7 @@ def test_postgres_hook(postgres_conn: tuple[str, str]) -> None:
 
     conn_id, schema = postgres_conn
     hook = PostgresHook(postgres_conn_id=conn_id)
-    assert hook.placeholder == "%s"
+    assert (hook.dialect_name, hook.placeholder) == ("postgresql", "%s")
     rows, total = extract(hook, f"{schema}.profiles")
     assert total == 3
     assert rows == [

@@ -7,12 +7,15 @@ normalised here, and a profile without one is rejected, never created blank.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from krenalis_airflow.core.records import Record, Rejection
-from krenalis_airflow.core.spec import PipelineSpec
 from krenalis_airflow.core.transform.base import Transformer
+from krenalis_airflow.core.transform.validate import output_problems, type_problems
 from krenalis_airflow.exceptions import TransformError
+
+if TYPE_CHECKING:  # spec imports the mapping module, which uses stripe_value from here
+    from krenalis_airflow.core.spec import PipelineSpec
 
 STEP = "transform"
 BATCH_SIZE = 1000
@@ -66,10 +69,31 @@ def _finish(
         if isinstance(result, TransformError):
             yield Rejection(key, STEP, "transformation error", str(result))
             continue
-        payload = {path: stripe_value(path, value) for path, value in result.items()}
         raw = profile[matching.property]
         match_value = raw.strip() if isinstance(raw, str) else _text(raw)
+        payload, problems = _checked(result, _written_match(spec, match_value))
+        if problems:
+            yield Rejection(key, STEP, "invalid output", "; ".join(problems))
+            continue
         yield Record(key, normalise_match(matching.stripe, raw), match_value, payload)
+
+
+def _checked(result: Mapping[str, Any], match: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """The coerced payload, and every reason Stripe would refuse it (with ``match``, which a
+    create writes too)."""
+    problems = type_problems(result)
+    if problems:
+        return {}, problems
+    payload = {path: stripe_value(path, value) for path, value in result.items()}
+    return payload, output_problems({**payload, **match})
+
+
+def _written_match(spec: PipelineSpec, match_value: str) -> dict[str, str]:
+    """The matched field as a create writes it; empty when this export never creates."""
+    stripe_field = spec.export.matching.stripe
+    if stripe_field == "id" or spec.export.mode == "update_only":
+        return {}
+    return {stripe_field: match_value}
 
 
 def stripe_value(path: str, value: Any) -> Any:

@@ -1,0 +1,231 @@
+"""Output validation: what a transformation produced, checked against what Stripe accepts.
+
+Every payload is checked before it is sent, whatever the language that produced it, so a bad
+value rejects one profile with a precise reason instead of failing a Stripe call later. Two
+passes, because coercion (``run.stripe_value``) hides types:
+
+* ``type_problems`` looks at the raw output: a list or a dict where text is expected would
+  otherwise be sent as its Python ``repr``;
+* ``output_problems`` looks at the coerced flat payload (text, ``None`` for "clear", a list of
+  text for ``preferred_locales``): fields, lengths, formats, metadata limits.
+
+Limits, as stated by Stripe's OpenAPI spec (``stripe/openapi``, ``latest/openapi.spec3.json``,
+``POST /v1/customers`` and ``POST /v1/customers/{customer}``, checked 2026): ``name`` 256,
+``phone`` 20, ``email`` 512, every address and shipping part 5000, ``preferred_locales`` items
+5000, ``tax_exempt`` one of ``none``/``exempt``/``reverse``, and ``shipping`` requires ``name``
+(and, in older API versions, ``address.line1``). ``description``: the spec says 5000, but
+Stripe's changelog for API version 2018-10-31 limits customer descriptions to 350 characters;
+we keep the stricter 350. Metadata (docs.stripe.com/api/metadata): at most 50 keys, keys up to
+40 characters without square brackets, values up to 500 characters.
+
+Stripe's ``address.country`` is free text, but tax features need an ISO 3166-1 alpha-2 code, so
+we require one, in upper case: ``'it'`` is rejected with a hint (``upper(country)``) rather than
+silently changed, because the ledger and Stripe must hold exactly what the mapping says.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from datetime import date, time
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from krenalis_airflow.core.fields import METADATA_PREFIX, field_problem
+
+MAX_LENGTH = {
+    "name": 256,
+    "phone": 20,
+    "email": 512,
+    "description": 350,
+    "shipping.name": 5000,
+    "shipping.phone": 5000,
+}
+ADDRESS_PART_MAX = 5000
+METADATA_MAX_KEYS = 50
+METADATA_VALUE_MAX = 500
+TAX_EXEMPT = ("none", "exempt", "reverse")
+SHIPPING_REQUIRED = ("shipping.name", "shipping.address.line1")
+
+# ISO 3166-1 alpha-2 (checked against tzdata's iso3166.tab, 249 codes), plus XK (Kosovo),
+# which Stripe accepts.
+_ISO_3166_ALPHA_2 = """
+    AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR
+    BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ
+    EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW
+    GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY
+    KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV
+    MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY
+    QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG
+    TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM
+    ZW XK
+"""
+COUNTRIES = frozenset(_ISO_3166_ALPHA_2.split())
+COUNTRY_HINTS = {"UK": "GB", "EL": "GR"}  # common non-ISO spellings
+
+# Deliberately simple: one @, no spaces, a dot in the domain. Stripe has the last word.
+EMAIL = re.compile(r"^[^@\s]+@(?:[^@\s.]+\.)+[^@\s.]+$")
+# BCP 47, as far as Stripe's locales go: language, optional script, optional region
+# (en, en-GB, es-419, zh-Hant-TW).
+LOCALE = re.compile(r"^[a-z]{2,3}(?:-[A-Z][a-z]{3})?(?:-(?:[A-Z]{2}|[0-9]{3}))?$")
+
+# What a transformation may return for a field, before coercion to text.
+SCALARS = (str, int, float, Decimal, date, time, UUID)
+
+
+def type_problems(result: Mapping[str, Any]) -> list[str]:
+    """``"<field>: <problem>"`` for every raw output value that has no sensible text form."""
+    problems = []
+    for path, value in result.items():
+        if type(path) is not str:
+            problems.append(f"{path!r}: a field name must be text")
+        elif value is not None and type(value) not in _PLAIN and (problem := _type_problem(path, value)):
+            problems.append(f"{path}: {problem}")
+    return problems
+
+
+_PLAIN = frozenset({str, int, bool})  # the common case, checked without a call
+
+
+def _type_problem(path: str, value: Any) -> str | None:
+    if path == "preferred_locales" and isinstance(value, list | tuple):
+        bad = next((item for item in value if item is not None and _scalar_problem(item)), None)
+        return None if bad is None else f"a locale must be text, not {_kind(bad)}"
+    return _scalar_problem(value)
+
+
+def _scalar_problem(value: Any) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value!r} is not a number Stripe can store"
+    if isinstance(value, SCALARS):
+        return None
+    if isinstance(value, Mapping):
+        return "an object is not text; send it as JSON text with |tojson, or pick one of its keys"
+    if isinstance(value, list | tuple | set | frozenset):
+        return "a list is not text; join it (|join(', ')) or pick one element"
+    return f"{_kind(value)} is not text, a number, a boolean or null"
+
+
+def _kind(value: Any) -> str:
+    return f"a value of type {type(value).__name__}"
+
+
+def output_problems(payload: Mapping[str, Any]) -> list[str]:
+    """``"<field>: <problem>"`` for every way the coerced flat ``payload`` breaks Stripe's rules.
+
+    ``payload`` is what ``run.stripe_value`` produced: text, ``None`` (clear the field or delete
+    the metadata key) or, for ``preferred_locales``, a list of text.
+    """
+    problems = []
+    metadata_keys, shipping = 0, False
+    for path, value in payload.items():
+        check, group = _RULES.get(path) or _rule(path)
+        if (problem := check(value)) is not None:
+            problems.append(f"{path}: {problem}")
+        if value is not None:
+            metadata_keys += group == "metadata"
+            shipping = shipping or group == "shipping"
+    if metadata_keys > METADATA_MAX_KEYS:
+        problems.append(f"metadata: {metadata_keys} keys; Stripe allows at most {METADATA_MAX_KEYS}")
+    if shipping:
+        problems += [
+            f"{path}: Stripe requires it whenever shipping is written"
+            for path in SHIPPING_REQUIRED
+            if path in payload and payload[path] is None
+        ]
+    return problems
+
+
+Check = Callable[[Any], "str | None"]
+_RULES: dict[str, tuple[Check, str]] = {}
+
+
+def _rule(path: str) -> tuple[Check, str]:
+    """How to check the value of ``path``, and the group it counts in; memoised per path."""
+    unknown = field_problem(path)
+    if unknown is not None:
+        rule: tuple[Check, str] = ((lambda _value: unknown), "")
+    elif path == "preferred_locales":
+        rule = (_locales_problem, "")
+    elif path.startswith(METADATA_PREFIX):
+        rule = (_length_rule(METADATA_VALUE_MAX, " in a metadata value"), "metadata")
+    else:
+        check = _CHECKS.get(path) or _length_rule(MAX_LENGTH.get(path, ADDRESS_PART_MAX))
+        rule = (check, "shipping" if path.startswith("shipping.") else "")
+    if len(_RULES) < 10_000:  # paths come from a mapping, or from code that could invent many
+        _RULES[path] = rule
+    return rule
+
+
+def _length_rule(limit: int, where: str = "") -> Check:
+    """The check of a text field that only has a length limit (most of them: kept to one call)."""
+
+    def rule(value: Any) -> str | None:
+        if value is None or (isinstance(value, str) and len(value) <= limit):
+            return None
+        if not isinstance(value, str):
+            return f"expected text, got {type(value).__name__}"
+        return f"{len(value)} characters; Stripe allows at most {limit}{where}"
+
+    return rule
+
+
+def _text_rule(check: Callable[[str], str | None]) -> Check:
+    def rule(value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            return f"expected text, got {type(value).__name__}"
+        return check(value)
+
+    return rule
+
+
+def _too_long(value: str, limit: int) -> str | None:
+    if len(value) <= limit:
+        return None
+    return f"{len(value)} characters; Stripe allows at most {limit}"
+
+
+def _email_problem(value: str) -> str | None:
+    if not EMAIL.match(value):
+        hint = " (surrounding spaces: use trim())" if value.strip() != value else ""
+        return f"{value!r} is not an email address{hint}"
+    return _too_long(value, MAX_LENGTH["email"])
+
+
+def _country_problem(value: str) -> str | None:
+    if value in COUNTRIES:
+        return None
+    if value.upper() in COUNTRIES:
+        return f"{value!r} must be upper case: {value.upper()!r} (e.g. upper(country))"
+    if value.upper() in COUNTRY_HINTS:
+        return f"{value!r} is not an ISO 3166-1 alpha-2 code; use {COUNTRY_HINTS[value.upper()]!r}"
+    return f"{value!r} is not an ISO 3166-1 alpha-2 country code (like IT, DE, US)"
+
+
+def _locales_problem(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        return f"expected a list of locales, got {type(value).__name__}"
+    for locale in value:
+        if not isinstance(locale, str) or not LOCALE.match(locale):  # (so never over 5000)
+            return f"{locale!r} is not a locale like en, en-GB or es-419"
+    return None
+
+
+def _tax_exempt_problem(value: str) -> str | None:
+    if value in TAX_EXEMPT:
+        return None
+    return f"{value!r} is not one of {', '.join(TAX_EXEMPT)}"
+
+
+_CHECKS: dict[str, Check] = {
+    "email": _text_rule(_email_problem),
+    "address.country": _text_rule(_country_problem),
+    "shipping.address.country": _text_rule(_country_problem),
+    "tax_exempt": _text_rule(_tax_exempt_problem),
+}

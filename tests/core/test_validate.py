@@ -1,0 +1,362 @@
+"""Output validation (every rule, with its exact reason) and the static checks of mappings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from krenalis_airflow.core.transform.mapping import mapping_static_problems
+from krenalis_airflow.core.transform.validate import output_problems, type_problems
+
+# --------------------------------------------------------------------------------------------
+# output_problems: one value at a time
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("name", "N" * 256),
+        ("phone", "+39 02 1234 5678"),
+        ("phone", "+" + "1" * 19),
+        ("email", "ada.lovelace+stripe@mail.example.co.uk"),
+        ("email", "a@b.co"),
+        ("description", "d" * 350),
+        ("address.line1", "l" * 5000),
+        ("address.country", "IT"),
+        ("address.country", "XK"),
+        ("shipping.address.country", "GB"),
+        ("shipping.name", "Ada"),
+        ("preferred_locales", ["en", "en-GB", "es-419", "zh-Hant-TW", "fil"]),
+        ("preferred_locales", []),
+        ("tax_exempt", "none"),
+        ("tax_exempt", "exempt"),
+        ("tax_exempt", "reverse"),
+        ("metadata.notes", "n" * 500),
+        ("metadata." + "k" * 40, "v"),
+        ("metadata.crm.id", "42"),
+        ("name", None),
+        ("email", None),
+        ("address.country", None),
+        ("preferred_locales", None),
+        ("tax_exempt", None),
+        ("metadata.plan", None),
+    ],
+)
+def test_valid_values_have_no_problems(path: str, value: Any) -> None:
+    assert output_problems({path: value}) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "problem"),
+    [
+        ("name", "N" * 257, "name: 257 characters; Stripe allows at most 256"),
+        ("phone", "+39 02 1234 5678 ext 9", "phone: 22 characters; Stripe allows at most 20"),
+        ("description", "d" * 351, "description: 351 characters; Stripe allows at most 350"),
+        ("address.city", "c" * 5001, "address.city: 5001 characters; Stripe allows at most 5000"),
+        (
+            "shipping.address.line2",
+            "l" * 5001,
+            "shipping.address.line2: 5001 characters; Stripe allows at most 5000",
+        ),
+        ("shipping.phone", "p" * 5001, "shipping.phone: 5001 characters; Stripe allows at most 5000"),
+        ("email", "ada", "email: 'ada' is not an email address"),
+        ("email", "ada@example", "email: 'ada@example' is not an email address"),
+        ("email", "ada@@example.com", "email: 'ada@@example.com' is not an email address"),
+        ("email", "ada lovelace@example.com", "email: 'ada lovelace@example.com' is not an email address"),
+        ("email", "ada@example.com.", "email: 'ada@example.com.' is not an email address"),
+        (
+            "email",
+            " ada@example.com",
+            "email: ' ada@example.com' is not an email address (surrounding spaces: use trim())",
+        ),
+        ("email", "a@" + "e" * 508 + ".com", "email: 514 characters; Stripe allows at most 512"),
+        ("address.country", "it", "address.country: 'it' must be upper case: 'IT' (e.g. upper(country))"),
+        (
+            "address.country",
+            "Italy",
+            "address.country: 'Italy' is not an ISO 3166-1 alpha-2 country code (like IT, DE, US)",
+        ),
+        (
+            "address.country",
+            "ITA",
+            "address.country: 'ITA' is not an ISO 3166-1 alpha-2 country code (like IT, DE, US)",
+        ),
+        (
+            "address.country",
+            "ZZ",
+            "address.country: 'ZZ' is not an ISO 3166-1 alpha-2 country code (like IT, DE, US)",
+        ),
+        ("address.country", "UK", "address.country: 'UK' is not an ISO 3166-1 alpha-2 code; use 'GB'"),
+        (
+            "shipping.address.country",
+            "de",
+            "shipping.address.country: 'de' must be upper case: 'DE' (e.g. upper(country))",
+        ),
+        (
+            "preferred_locales",
+            ["english"],
+            "preferred_locales: 'english' is not a locale like en, en-GB or es-419",
+        ),
+        (
+            "preferred_locales",
+            ["en_US"],
+            "preferred_locales: 'en_US' is not a locale like en, en-GB or es-419",
+        ),
+        (
+            "preferred_locales",
+            ["en-us"],
+            "preferred_locales: 'en-us' is not a locale like en, en-GB or es-419",
+        ),
+        (
+            "preferred_locales",
+            ["it,en"],
+            "preferred_locales: 'it,en' is not a locale like en, en-GB or es-419",
+        ),
+        ("preferred_locales", "en", "preferred_locales: expected a list of locales, got str"),
+        ("tax_exempt", "yes", "tax_exempt: 'yes' is not one of none, exempt, reverse"),
+        ("tax_exempt", "NONE", "tax_exempt: 'NONE' is not one of none, exempt, reverse"),
+        (
+            "metadata.notes",
+            "n" * 501,
+            "metadata.notes: 501 characters; Stripe allows at most 500 in a metadata value",
+        ),
+        (
+            "metadata." + "k" * 41,
+            "v",
+            "metadata." + "k" * 41 + ": a metadata key has 1 to 40 characters and no '[' or ']'",
+        ),
+        ("metadata.a[b]", "v", "metadata.a[b]: a metadata key has 1 to 40 characters and no '[' or ']'"),
+        ("name", 42, "name: expected text, got int"),
+        ("metadata.n", 4.5, "metadata.n: expected text, got float"),
+    ],
+)
+def test_each_rule_names_the_field_and_the_problem(path: str, value: Any, problem: str) -> None:
+    assert output_problems({path: value}) == [problem]
+
+
+def test_unknown_fields_are_reported_with_the_allowed_ones() -> None:
+    [problem] = output_problems({"balance": "100"})
+    assert problem.startswith("balance: unknown Stripe customer field 'balance'; allowed: ")
+    assert "tax_exempt" in problem
+
+
+def test_unknown_fields_are_reported_even_when_null() -> None:
+    [problem] = output_problems({"nmae": None})
+    assert problem.startswith("nmae: unknown Stripe customer field 'nmae'")
+
+
+def test_every_problem_of_a_payload_is_reported_in_order() -> None:
+    payload = {"name": "Ada", "email": "nope", "address.country": "it", "metadata.x": "v" * 501}
+    assert output_problems(payload) == [
+        "email: 'nope' is not an email address",
+        "address.country: 'it' must be upper case: 'IT' (e.g. upper(country))",
+        "metadata.x: 501 characters; Stripe allows at most 500 in a metadata value",
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# output_problems: the payload as a whole
+
+
+def test_at_most_fifty_metadata_keys_are_written() -> None:
+    fifty = {f"metadata.k{i}": "v" for i in range(50)}
+    assert output_problems(fifty) == []
+    assert output_problems({**fifty, "metadata.k50": "v"}) == ["metadata: 51 keys; Stripe allows at most 50"]
+
+
+def test_deleted_metadata_keys_do_not_count() -> None:
+    payload = {**{f"metadata.k{i}": "v" for i in range(50)}, "metadata.gone": None}
+    assert output_problems(payload) == []
+
+
+def test_shipping_needs_a_name_and_a_first_line_when_written() -> None:
+    payload = {"shipping.name": None, "shipping.address.line1": None, "shipping.phone": "+39"}
+    assert output_problems(payload) == [
+        "shipping.name: Stripe requires it whenever shipping is written",
+        "shipping.address.line1: Stripe requires it whenever shipping is written",
+    ]
+
+
+def test_shipping_all_null_is_a_clear_not_a_problem() -> None:
+    assert (
+        output_problems({"shipping.name": None, "shipping.address.line1": None, "shipping.phone": None}) == []
+    )
+
+
+def test_shipping_parts_the_payload_does_not_write_are_not_required_here() -> None:
+    # on update they are completed from Stripe; a mapping that never writes them is a spec error
+    assert output_problems({"shipping.phone": "+39"}) == []
+
+
+# --------------------------------------------------------------------------------------------
+# type_problems: raw outputs
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, "text", 0, 12, -3.5, True, False],
+)
+def test_scalars_have_a_text_form(value: Any) -> None:
+    assert type_problems({"metadata.x": value}) == []
+
+
+def test_dates_decimals_and_uuids_have_a_text_form() -> None:
+    import datetime
+    import decimal
+    import uuid
+
+    values = [
+        datetime.date(2024, 1, 2),
+        datetime.datetime(2024, 1, 2, 3, 4),
+        decimal.Decimal("1.5"),
+        uuid.uuid4(),
+    ]
+    assert type_problems({f"metadata.v{i}": v for i, v in enumerate(values)}) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (["a"], "metadata.x: a list is not text; join it (|join(', ')) or pick one element"),
+        (("a",), "metadata.x: a list is not text; join it (|join(', ')) or pick one element"),
+        (
+            {"a": 1},
+            "metadata.x: an object is not text; send it as JSON text with |tojson, or pick one of its keys",
+        ),
+        (b"bytes", "metadata.x: a value of type bytes is not text, a number, a boolean or null"),
+        (object(), "metadata.x: a value of type object is not text, a number, a boolean or null"),
+        (float("nan"), "metadata.x: nan is not a number Stripe can store"),
+        (float("inf"), "metadata.x: inf is not a number Stripe can store"),
+    ],
+)
+def test_values_without_a_text_form_are_reported(value: Any, problem: str) -> None:
+    assert type_problems({"metadata.x": value}) == [problem]
+
+
+def test_preferred_locales_may_be_a_list_of_scalars() -> None:
+    assert type_problems({"preferred_locales": ["it", None, "en"]}) == []
+    assert type_problems({"preferred_locales": ("it",)}) == []
+    assert type_problems({"preferred_locales": [["it"]]}) == [
+        "preferred_locales: a locale must be text, not a value of type list"
+    ]
+
+
+def test_field_names_must_be_text() -> None:
+    assert type_problems({3: "x", "name": "Ada"}) == ["3: a field name must be text"]  # type: ignore[dict-item]
+
+
+# --------------------------------------------------------------------------------------------
+# mapping_static_problems
+
+
+def test_a_good_mapping_has_no_static_problems() -> None:
+    mapping = {
+        "name": "trim(first_name ~ ' ' ~ last_name)",
+        "email": "lower(trim(email))",
+        "address.country": "upper(country)",
+        "preferred_locales": "['it', 'en']",
+        "tax_exempt": "if(vat_exempt, 'exempt', 'none')",
+        "description": "'Synced from the warehouse'",
+        "metadata.plan": "traits.plan|coalesce('free')",
+        "shipping.name": "first_name",
+        "shipping.address.line1": "street",
+    }
+    assert mapping_static_problems(mapping) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "expression", "problem"),
+    [
+        ("address.country", "'Italy'", "'Italy' is not an ISO 3166-1 alpha-2 country code (like IT, DE, US)"),
+        ("address.country", "'it'", "'it' must be upper case: 'IT' (e.g. upper(country))"),
+        ("email", "'support'", "'support' is not an email address"),
+        ("phone", "'+39 02 1234 5678 ext. 9'", "23 characters; Stripe allows at most 20"),
+        ("preferred_locales", "['english']", "'english' is not a locale like en, en-GB or es-419"),
+        ("tax_exempt", "'yes'", "'yes' is not one of none, exempt, reverse"),
+        ("metadata.big", "'x' * 501", "501 characters; Stripe allows at most 500 in a metadata value"),
+        ("metadata.tags", "['a', 'b']", "a list is not text; join it (|join(', ')) or pick one element"),
+        ("description", "1 / 0", "fails for every profile: ZeroDivisionError: division by zero"),
+        ("description", "json_parse('{')", "fails for every profile: ValueError: json_parse: not valid JSON"),
+        (
+            "address.country",
+            "upper('it ')",
+            "'IT ' is not an ISO 3166-1 alpha-2 country code (like IT, DE, US)",
+        ),
+    ],
+)
+def test_constant_expressions_are_checked_like_outputs(field: str, expression: str, problem: str) -> None:
+    [(found_field, message)] = mapping_static_problems({field: expression})
+    assert found_field == field
+    assert message.startswith(problem)
+
+
+def test_constant_expressions_with_valid_values_pass() -> None:
+    assert (
+        mapping_static_problems({"address.country": "upper('it')", "description": "none", "phone": "''"})
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    ("expression", "problem"),
+    [
+        (
+            "initcaps(first_name)",
+            "unknown function 'initcaps'; helpers: and, array, coalesce, eq, if, initcap,",
+        ),
+        ("trim(nosuch(first_name))", "unknown function 'nosuch'; helpers: "),
+        ("first_name if vip else last_name|initcaps", "unknown filter 'initcaps'; helpers: "),
+        ("first_name if vip is nosuchtest else last_name", "unknown test 'nosuchtest'"),
+    ],
+)
+def test_unknown_functions_filters_and_tests_are_reported(expression: str, problem: str) -> None:
+    [(field, message)] = mapping_static_problems({"name": expression})
+    assert field == "name"
+    assert message.startswith(problem)
+
+
+def test_an_unknown_filter_outside_a_condition_is_reported_once_with_the_helpers() -> None:
+    [(field, message)] = mapping_static_problems({"name": "first_name|initcaps"})
+    assert field == "name"
+    assert message.startswith(
+        "invalid Jinja2 expression 'first_name|initcaps': No filter named 'initcaps'.; helpers: "
+    )
+
+
+def test_field_and_syntax_problems_are_included() -> None:
+    problems = mapping_static_problems(
+        {"nmae": "first_name", "metadata." + "k" * 41: "'x'", "phone": "phone ~", "email": " "}
+    )
+    fields = [field for field, _ in problems]
+    assert fields == ["nmae", "metadata." + "k" * 41, "phone", "email"]
+    messages = dict(problems)
+    assert messages["nmae"].startswith("unknown Stripe customer field 'nmae'")
+    assert messages["metadata." + "k" * 41] == "a metadata key has 1 to 40 characters and no '[' or ']'"
+    assert messages["phone"].startswith("invalid Jinja2 expression 'phone ~'")
+    assert messages["email"].startswith("the expression is empty")
+
+
+def test_expressions_reading_columns_are_not_evaluated() -> None:
+    assert mapping_static_problems({"address.country": "country", "description": "1 / n"}) == []
+
+
+def test_more_than_fifty_metadata_keys_is_a_spec_problem() -> None:
+    mapping = {f"metadata.k{i}": "plan" for i in range(51)}
+    assert mapping_static_problems(mapping) == [
+        ("metadata.k50", "the mapping writes 51 metadata keys; Stripe allows at most 50")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("mapping", "missing"),
+    [
+        ({"shipping.phone": "phone"}, "shipping.name and shipping.address.line1"),
+        ({"shipping.name": "n", "shipping.address.city": "city"}, "shipping.address.line1"),
+        ({"shipping.address.line1": "street"}, "shipping.name"),
+    ],
+)
+def test_shipping_without_its_required_parts_is_a_spec_problem(mapping: dict[str, str], missing: str) -> None:
+    [(field, message)] = mapping_static_problems(mapping)
+    assert field == next(iter(mapping))
+    assert message == f"writing shipping needs {missing} in the mapping too: Stripe requires them"
