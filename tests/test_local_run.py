@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -51,3 +52,24 @@ def test_plan_with_a_broken_spec_says_what_is_wrong(tmp_path, capsys) -> None:
     spec.write_text(SAMPLE.read_text().replace("mode: create_and_update", "mode: upsert"))
     assert main(["plan", str(spec)]) == 1
     assert "export.mode" in capsys.readouterr().err
+
+
+def test_preview_runs_a_python_transformation(warehouse, tmp_path, capsys) -> None:
+    text = SAMPLE.read_text()
+    spec = tmp_path / "py.yaml"
+    spec.write_text(
+        text[: text.index("transformation:")]
+        + "transformation:\n"
+        + "  inputs: [first_name, last_name, plan]\n"
+        + "  python: |\n"
+        + "    def transform(profile):\n"
+        + "        if profile['plan'] == 'enterprise':\n"
+        + "            raise ValueError('no enterprise here')\n"
+        + "        return {'name': profile['first_name'].upper(), 'metadata.plan': profile['plan']}\n"
+    )
+    assert main(["preview", str(spec), "--limit", "30"]) == 0
+    out = capsys.readouterr().out
+    names = re.findall(r"→ name: '([^']*)'", out)
+    assert names and all(name == name.upper() for name in names)
+    assert re.search(r"metadata\.plan: '(starter|pro)'", out)
+    assert "REJECTED (transformation error): ValueError: no enterprise here (line 3)" in out

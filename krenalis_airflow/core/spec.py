@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -17,14 +18,16 @@ import yaml
 from pydantic import (
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from krenalis_airflow.core.conditions import OPERATORS, Group
-from krenalis_airflow.core.fields import SCALAR_FIELDS, field_problem, matching_problem
+from krenalis_airflow.core.fields import SCALAR_FIELDS, matching_problem
 from krenalis_airflow.core.model import KeyedError, Model
-from krenalis_airflow.core.transform.mapping import syntax_problems
+from krenalis_airflow.core.transform.mapping import mapping_static_problems
+from krenalis_airflow.core.transform.python import source_problems as python_problems
 from krenalis_airflow.exceptions import SpecError, SpecProblem
 
 PIPELINE_ID = r"^[a-z][a-z0-9_]*$"
@@ -136,31 +139,90 @@ class Export(Model):
 
 
 class Transformation(Model):
+    """Exactly one of ``mapping``, ``javascript`` or ``python``.
+
+    ``inputs`` (javascript/python) lists the only columns read from the warehouse, besides the
+    key, the matching property and the order column; ``timeout`` (seconds per record) and
+    ``memory_mb`` bound each JavaScript worker process.
+    """
+
     mapping: dict[str, str] | None = None
     javascript: str | None = None
     python: str | None = None
+    inputs: tuple[str, ...] | None = None
+    timeout: float = Field(default=5.0, gt=0, le=300)
+    memory_mb: int = Field(default=256, ge=32, le=8192)
+
+    @builtins.property
+    def language(self) -> Literal["mapping", "javascript", "python"]:
+        return (
+            "mapping"
+            if self.mapping is not None
+            else "javascript"
+            if self.javascript is not None
+            else "python"
+        )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Transformation:
         given = [name for name in ("mapping", "javascript", "python") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of 'mapping', 'javascript' or 'python'")
-        if given[0] != "mapping":
-            raise ValueError(f"'{given[0]}' transformations are not available yet; use 'mapping'")
+        if self.inputs is not None and self.mapping is not None:
+            raise KeyedError(
+                ("inputs",), "inputs is for javascript and python; a mapping reads what it names"
+            )
+        limits = {"timeout", "memory_mb"} & self.model_fields_set
+        if limits and self.javascript is None:
+            raise KeyedError((sorted(limits)[0],), "timeout and memory_mb bound JavaScript workers only")
         return self
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("inputs is empty; list the columns the code reads, or leave inputs out")
+            if bad := [name for name in value if not IDENTIFIER.match(name)]:
+                raise ValueError(f"not column names: {', '.join(map(repr, bad))}")
+        return value
 
     @field_validator("mapping")
     @classmethod
-    def _mapping_fields(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        if value is None:
-            return value
-        if not value:
-            raise ValueError("mapping is empty; map at least one Stripe field")
-        problems = [f"{path}: {p}" for path in value if (p := field_problem(path))]
-        problems += [f"{path}: {message}" for path, message in syntax_problems(value)]
-        if problems:
-            raise ValueError("; ".join(problems))
+    def _mapping(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None and (problems := _mapping_messages(value)):
+            raise ValueError("; ".join(f"{path}: {message}" for path, message in problems))
         return value
+
+    @field_validator("javascript")
+    @classmethod
+    def _javascript(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                from krenalis_airflow.core.transform.javascript import syntax_problems as js_problems
+            except ImportError:
+                raise ValueError(
+                    "JavaScript transformations need the optional extra (pyduktape2, GPL-2.0): "
+                    "pip install 'krenalis-airflow[javascript]'"
+                ) from None
+            if problems := js_problems(value):
+                raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            search_path = (info.context or {}).get("search_path", ())
+            if problems := python_problems(value, search_path):
+                raise ValueError("; ".join(problems))
+        return value
+
+
+def _mapping_messages(mapping: dict[str, str]) -> list[tuple[str, str]]:
+    if not mapping:
+        return [("mapping", "mapping is empty; map at least one Stripe field")]
+    return mapping_static_problems(mapping)
 
 
 class State(Model):
@@ -260,9 +322,15 @@ class LoadedSpec:
     spec: PipelineSpec
 
 
-def load_spec(path: str | Path) -> PipelineSpec:
-    """Read and validate one spec file; raise ``SpecError`` listing every problem."""
+def load_spec(path: str | Path, search_path: Sequence[str | Path] | None = None) -> PipelineSpec:
+    """Read and validate one spec file; raise ``SpecError`` listing every problem.
+
+    ``search_path``: where ``python: package.module:function`` references are imported from;
+    by default the spec's folder and its parent (``dags/pipelines/`` → ``dags/``).
+    """
     path = Path(path)
+    if search_path is None:
+        search_path = (path.parent.resolve(), path.parent.resolve().parent)
     source = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -271,10 +339,10 @@ def load_spec(path: str | Path) -> PipelineSpec:
     except UnicodeDecodeError as exc:
         message = f"the file is not UTF-8 text: {exc.reason} at byte {exc.start}; save it as UTF-8"
         raise SpecError(source, [SpecProblem("", message)]) from exc
-    return parse_spec(text, source)
+    return parse_spec(text, source, search_path)
 
 
-def parse_spec(text: str, source: str = "<spec>") -> PipelineSpec:
+def parse_spec(text: str, source: str = "<spec>", search_path: Sequence[str | Path] = ()) -> PipelineSpec:
     """Validate spec text; ``source`` names it in errors."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -291,7 +359,7 @@ def parse_spec(text: str, source: str = "<spec>") -> PipelineSpec:
         raise SpecError(source, duplicates)
     data = yaml.safe_load(text)
     try:
-        return PipelineSpec.model_validate(data)
+        return PipelineSpec.model_validate(data, context={"search_path": tuple(search_path)})
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -299,23 +367,19 @@ def parse_spec(text: str, source: str = "<spec>") -> PipelineSpec:
                 problems += _mapping_problems(data["transformation"]["mapping"], lines)
             elif not _cascade(err):
                 problems.append(_problem(err, data, lines))
+        problems.sort(key=lambda problem: problem.line or 0)  # in file order
         raise SpecError(source, problems) from exc
 
 
 def _mapping_problems(mapping: dict[str, Any], lines: dict[tuple[str | int, ...], int]) -> list[SpecProblem]:
     """The mapping's problems one per field, each pointing at the field's own line."""
-    found = [(path, p) for path in mapping if (p := field_problem(path))] + syntax_problems(mapping)
-    if not found:
-        return [
-            SpecProblem(
-                "transformation.mapping",
-                "mapping is empty; map at least one Stripe field",
-                lines.get(("transformation", "mapping")),
-            )
-        ]
     return [
-        SpecProblem(f"transformation.mapping.{path}", message, lines.get(("transformation", "mapping", path)))
-        for path, message in found
+        SpecProblem(
+            "transformation.mapping" + (f".{path}" if path in mapping else ""),
+            message,
+            lines.get(("transformation", "mapping", path)) or lines.get(("transformation", "mapping")),
+        )
+        for path, message in _mapping_messages(mapping)
     ]
 
 

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from airflow.providers.common.sql.hooks.sql import DbApiHook
@@ -36,7 +37,8 @@ from krenalis_airflow.core.records import (
 from krenalis_airflow.core.spec import PipelineSpec
 from krenalis_airflow.core.stripe_api import StripeCustomers
 from krenalis_airflow.core.sync import LedgerStore, Syncer, SyncOptions, SyncResult
-from krenalis_airflow.core.transform.mapping import MappingTransform, variables
+from krenalis_airflow.core.transform.build import build_transformer
+from krenalis_airflow.core.transform.mapping import variables
 from krenalis_airflow.core.transform.run import transform_profiles
 from krenalis_airflow.exceptions import RetryableSyncError, SpecError, SpecProblem, TerminalSyncError
 from krenalis_airflow.hooks.stripe import StripeHook
@@ -114,26 +116,31 @@ def extract(run: StepRun) -> dict[str, Any]:
 
 
 def transform(run: StepRun) -> dict[str, Any]:
-    mapping = run.spec.transformation.mapping or {}
-    _check_columns(run, mapping)
-    fn = MappingTransform(mapping)
+    transformation = run.spec.transformation
+    _check_columns(run, set(run.upstream["columns"]))
     rejected: Counter[str] = Counter()
     transformed = 0
     records, rejections = run.file("records.jsonl"), run.file("rejected-transform.jsonl")
-    with (
-        ObjectStoragePath(run.upstream["profiles"]).open() as src,
-        records.open("w") as ok,
-        rejections.open("w") as bad,
-    ):
-        for item in transform_profiles(read_jsonl(src), run.spec, fn):
-            if isinstance(item, Rejection):
-                rejected[item.kind] += 1
-                write_jsonl(bad, [item])
-            else:
-                transformed += 1
-                write_jsonl(ok, [item])
+    transformer = build_transformer(transformation, search_path=[Path(run.spec_file).parent.parent])
+    try:
+        with (
+            ObjectStoragePath(run.upstream["profiles"]).open() as src,
+            records.open("w") as ok,
+            rejections.open("w") as bad,
+        ):
+            for item in transform_profiles(read_jsonl(src), run.spec, transformer):
+                if isinstance(item, Rejection):
+                    rejected[item.kind] += 1
+                    write_jsonl(bad, [item])
+                else:
+                    transformed += 1
+                    write_jsonl(ok, [item])
+    finally:
+        transformer.close()
     _log_rejections(run, rejections)
-    run.log.info("Transformed %d profiles, rejected %d", transformed, rejected.total())
+    run.log.info(
+        "Transformed %d profiles (%s), rejected %d", transformed, transformation.language, rejected.total()
+    )
     return {
         **run.upstream,
         "records": str(records),
@@ -143,14 +150,22 @@ def transform(run: StepRun) -> dict[str, Any]:
     }
 
 
-def _check_columns(run: StepRun, mapping: dict[str, str]) -> None:
-    columns = set(run.upstream["columns"])
+def _check_columns(run: StepRun, columns: set[str]) -> None:
+    """Fail before anything is written when the transformation reads columns the source lacks."""
+    transformation = run.spec.transformation
+    if transformation.mapping is not None:
+        reads = {
+            f"transformation.mapping.{field}": names
+            for field, names in variables(transformation.mapping).items()
+        }
+    else:
+        reads = {"transformation.inputs": set(transformation.inputs or ())}
     problems = [
         SpecProblem(
-            f"transformation.mapping.{field}",
+            path,
             f"reads {', '.join(sorted(missing))}, not a column of the source; columns: {', '.join(sorted(columns))}",
         )
-        for field, names in variables(mapping).items()
+        for path, names in reads.items()
         if (missing := names - columns)
     ]
     if problems:

@@ -512,12 +512,12 @@ def test_each_bad_mapping_field_gets_its_own_line(tmp_path: Path) -> None:
     text = edit("phone: phone", "phone_number: phone")
     text = edit("metadata.plan: plan", "metadata.plan: plan ~\n    adress.city: city", text)
     _, error = errors(tmp_path, text)
-    assert [(p.line, p.path) for p in error.problems] == [
+    assert [(p.line, p.path) for p in error.problems] == [  # in file order
         (line_of(text, "phone_number:"), "transformation.mapping.phone_number"),
-        (line_of(text, "adress.city:"), "transformation.mapping.adress.city"),
         (line_of(text, "metadata.plan:"), "transformation.mapping.metadata.plan"),
+        (line_of(text, "adress.city:"), "transformation.mapping.adress.city"),
     ]
-    assert "invalid Jinja2 expression" in error.problems[2].message
+    assert "invalid Jinja2 expression" in error.problems[1].message
 
 
 @pytest.mark.parametrize("key", ["x" * 41, "a[b", "tier]", ""])
@@ -544,11 +544,38 @@ def test_empty_mapping(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("kind", ["javascript", "python"])
-def test_only_mapping_transformations_for_now(tmp_path: Path, kind: str) -> None:
-    text = EXAMPLE[: EXAMPLE.index("  mapping:")] + f"  {kind}: 'return profile'\n"
+def test_inline_python_is_checked_without_running_it(tmp_path: Path) -> None:
+    base = EXAMPLE[: EXAMPLE.index("  mapping:")]
+    good = base + "  python: |\n    def transform(profile):\n        return {'name': profile['first_name']}\n"
+    assert load_spec(write(tmp_path, good)).transformation.language == "python"
+    bad = base + "  python: |\n    def transform(profile):\n        return {'name': profile[}\n"
+    problem = assert_problem(
+        tmp_path, bad, line=line_of(bad, "python: |"), key="transformation.python", says=("line 2",)
+    )
+    assert "syntax error" in problem.message
+
+
+def test_a_python_reference_is_imported_from_the_spec_folder_or_its_parent(tmp_path: Path) -> None:
+    (tmp_path / "my_transforms.py").write_text("def to_customer(profile):\n    return {'name': 'x'}\n")
+    pipelines = tmp_path / "pipelines"
+    pipelines.mkdir()
+    base = EXAMPLE[: EXAMPLE.index("  mapping:")]
+    spec = pipelines / "ref.yaml"
+    spec.write_text(base + "  python: my_transforms:to_customer\n")
+    assert load_spec(spec).transformation.python == "my_transforms:to_customer"
+    spec.write_text(base + "  python: my_transforms:missing\n")
+    with pytest.raises(SpecError, match="transformation.python"):
+        load_spec(spec)
+
+
+def test_inputs_and_limits_belong_to_code_transformations(tmp_path: Path) -> None:
+    text = edit("  mapping:", "  inputs: [first_name]\n  mapping:")
     assert_problem(
-        tmp_path, text, line=line_of(text, "transformation:"), key="transformation", says=("use 'mapping'",)
+        tmp_path,
+        text,
+        line=line_of(text, "inputs:"),
+        key="transformation.inputs",
+        says=("javascript and python",),
     )
 
 
