@@ -72,4 +72,37 @@ def test_preview_runs_a_python_transformation(warehouse, tmp_path, capsys) -> No
     names = re.findall(r"→ name: '([^']*)'", out)
     assert names and all(name == name.upper() for name in names)
     assert re.search(r"metadata\.plan: '(starter|pro)'", out)
+    read = {line.split(":")[0] for line in out.splitlines() if re.match(r"^[a-z_]+: ", line)}
+    assert read == {"profile_id", "email", "updated_at", "first_name", "last_name", "plan"}  # inputs only
     assert "REJECTED (transformation error): ValueError: no enterprise here (line 3)" in out
+
+
+def test_preview_runs_a_javascript_transformation_and_contains_a_runaway(warehouse, tmp_path, capsys) -> None:
+    text = SAMPLE.read_text()
+    spec = tmp_path / "js.yaml"
+    spec.write_text(
+        text[: text.index("transformation:")]
+        + "transformation:\n"
+        + "  timeout: 0.5\n"
+        + "  javascript: |\n"
+        + "    function transform(profile) {\n"
+        + "      if (profile.plan === 'enterprise') { while (true) {} }\n"
+        + "      return {name: profile.first_name + ' ' + profile.last_name, 'metadata.plan': profile.plan};\n"
+        + "    }\n"
+    )
+    assert main(["preview", str(spec), "--limit", "25"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"→ name: '[^']+ [^']+'", out)
+    assert "REJECTED (transformation error): timed out after 0.5 s" in out
+
+
+def test_es6_javascript_is_a_spec_error(tmp_path, capsys) -> None:
+    text = SAMPLE.read_text()
+    spec = tmp_path / "es6.yaml"
+    spec.write_text(
+        text[: text.index("transformation:")]
+        + "transformation:\n  javascript: |\n    const transform = (p) => ({name: `${p.first_name}`});\n"
+    )
+    assert main(["validate", str(spec)]) == 1
+    out = capsys.readouterr().out
+    assert "transformation.javascript" in out and "ES6" in out

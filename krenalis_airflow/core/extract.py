@@ -110,13 +110,15 @@ def prepare_extraction(
     placeholder: str,
     order: tuple[str, bool] | None,
     source_name: str = "<spec>",
+    select: Sequence[tuple[str, str]] = (),
 ) -> Extraction:
     """Probe the source through ``cursor`` and compile the extraction for it.
 
     ``dialect`` and ``placeholder`` are the hook's ``dialect_name`` and ``placeholder``; ``order``
-    is ``Export.order``. Raises one ``SpecError`` (file ``source_name``) listing every unknown
-    column, every operator that does not apply to its column and every value that does not
-    convert to its column's type.
+    is ``Export.order``. ``select`` — ``(key path, column)`` pairs, e.g. from
+    ``transformation.inputs`` — limits the columns read; empty reads them all. Raises one
+    ``SpecError`` (file ``source_name``) listing every unknown column, every operator that does
+    not apply to its column and every value that does not convert to its column's type.
     """
     name = dialect_name(dialect, placeholder)
     quoting = sql_dialect(name, placeholder)
@@ -124,13 +126,19 @@ def prepare_extraction(
     columns = columns_of(cursor)
     description = list(cursor.description)
     problems = _column_problems(source, columns, order) + filter_problems(group, columns)
+    problems += [
+        SpecProblem(path, unknown_column_message(name, columns))
+        for path, name in select
+        if name not in columns
+    ]
     if problems:
         raise SpecError(source_name, problems)
     read = sorted({column for column in _filter_columns(group) if column in columns})
     kinds = column_kinds(cursor, source, name, read, description)
     where, params = compile_filter(group, columns, placeholder, source=source_name, dialect=name, kinds=kinds)
-    sql = _select(source, where, order, placeholder, name)
-    return Extraction(sql, params, count_sql(source, quoting), columns, kinds, where)
+    projection = list(dict.fromkeys(column for _, column in select))
+    sql = _select(source, where, order, placeholder, name, projection)
+    return Extraction(sql, params, count_sql(source, quoting), projection or columns, kinds, where)
 
 
 def column_kinds(
@@ -274,13 +282,19 @@ def select_sql(
 
 
 def _select(
-    source: Source, where: str, order: tuple[str, bool] | None, placeholder: str, dialect: str
+    source: Source,
+    where: str,
+    order: tuple[str, bool] | None,
+    placeholder: str,
+    dialect: str,
+    projection: Sequence[str] = (),
 ) -> str:
     quoting = sql_dialect(dialect, placeholder)
     origin = from_clause(source, quoting)
     if placeholder == "%s":
         origin = origin.replace("%", "%%")
-    sql = f"SELECT * FROM {origin}"
+    selected = ", ".join(quote_identifier(column, quoting) for column in projection) or "*"
+    sql = f"SELECT {selected} FROM {origin}"
     if where:
         sql += f" WHERE {where}"
     return f"{sql} ORDER BY {_order_by(source.key, order, quoting)}"

@@ -240,6 +240,7 @@ class _Test:
 
 
 _NEVER = _Test(sa.false())
+_JSON_COLUMNS = {POSTGRESQL: {Kind.JSON}, SQLITE: {Kind.JSON, Kind.TEXT, Kind.OTHER}}
 
 
 class _Builder:
@@ -277,15 +278,15 @@ class _Builder:
         return subject
 
     def _json(self, condition: Condition, column: Expr, kind: Kind) -> _Subject:
-        json_kinds = {POSTGRESQL: {Kind.JSON}, SQLITE: {Kind.JSON, Kind.TEXT, Kind.OTHER}}
-        if kind not in json_kinds.get(self.dialect, set()):
+        if self.dialect not in (SQLITE, POSTGRESQL):
+            message = f"JSON paths ({condition.property}) work on SQLite and PostgreSQL sources only"
+            raise _Problem(".property", message)
+        if kind not in _JSON_COLUMNS[self.dialect]:
             where = "json or jsonb" if self.dialect == POSTGRESQL else "text holding JSON"
             message = (
                 f"{condition.property} reads into column {condition.column}, which is {kind}; "
                 f"a JSON path needs a column of {where}"
             )
-            if self.dialect not in json_kinds:
-                message = f"JSON paths ({condition.property}) work on SQLite and PostgreSQL sources only"
             raise _Problem(".property", message)
         subject = _Json(self.dialect, Kind.JSON, condition.property, column, condition.keys)
         _check_operator(subject, condition.operator)
@@ -494,12 +495,12 @@ class _Column(_Subject):
         return self.text_match(operator_name, text, value)
 
     def date_order(self, sql_operator: str, value: str) -> _Test:
+        compare = _SQL_OPERATORS[sql_operator]
+        if self.kind is Kind.OTHER and self.dialect not in (SQLITE, POSTGRESQL):
+            return _Test(compare(self.column, self.bind(value)), (self.column,))  # the database reads it
         kind = self.kind if self.kind in _DATE_KINDS else Kind.TIMESTAMP  # ISO text on SQLite
         target = self.comparable(kind)
-        if self.kind is Kind.OTHER and self.dialect not in (SQLITE, POSTGRESQL):
-            target = self.column  # another database compares its own dates with the text
-            return _Test(_SQL_OPERATORS[sql_operator](target, self.bind(value)), (target,))
-        return _Test(_SQL_OPERATORS[sql_operator](target, self.parse(kind, value, 0)), (target,))
+        return _Test(compare(target, self.parse(kind, value, 0)), (target,))
 
     def truth(self, wanted: bool) -> Expr:
         if self.dialect in (SQLITE, POSTGRESQL):

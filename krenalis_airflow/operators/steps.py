@@ -85,34 +85,46 @@ def _cursor(hook: DbApiHook) -> Iterator[tuple[Any, Any]]:
 
 def extract(run: StepRun) -> dict[str, Any]:
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    source = run.spec.source
-    hook = sql_hook(source.conn_id)
+    spec = run.spec
+    hook = sql_hook(spec.source.conn_id)
     with _cursor(hook) as (_, cursor):
-        cursor.execute(sql.probe_sql(source))
-        columns = sql.columns_of(cursor)
-        query, params = sql.select_sql(
-            source,
-            run.spec.filter,
-            columns,
-            hook.placeholder,
-            run.spec.export.order,
+        extraction = sql.prepare_extraction(
+            cursor,
+            spec.source,
+            spec.filter,
+            dialect=hook.dialect_name,
+            placeholder=hook.placeholder,
+            order=spec.export.order,
             source_name=run.spec_file,
+            select=_selected_columns(spec),
         )
-        run.log.info("Extracting with: %s  -- params %s", query, params)
-        cursor.execute(sql.count_sql(source))
+        run.log.info("Extracting with:\n%s", extraction.display())
+        cursor.execute(extraction.count_sql)
         total = int(cursor.fetchone()[0])
         path = run.file("profiles.jsonl")
+        rows = sql.iter_rows(cursor, extraction.sql, extraction.params)
         with path.open("w") as out:
-            count = write_jsonl(out, itertools.islice(sql.iter_rows(cursor, query, params), run.limit))
+            count = write_jsonl(out, itertools.islice(rows, run.limit))
     run.log.info("Extracted %d of %d profiles (%d filtered out)", count, total, total - count)
     return {
         "profiles": str(path),
-        "columns": columns,
+        "columns": extraction.columns,
         "total": total,
         "extracted": count,
-        "sql": query,
+        "sql": extraction.display(),
         "started_at": started_at,
     }
+
+
+def _selected_columns(spec: PipelineSpec) -> list[tuple[str, str]]:
+    """With ``transformation.inputs``, read only those columns (plus what the pipeline itself needs)."""
+    inputs = spec.transformation.inputs
+    if inputs is None:
+        return []
+    needed = [("source.key", spec.source.key), ("export.matching.property", spec.export.matching.property)]
+    if spec.export.order is not None:
+        needed.append(("export.order_by", spec.export.order[0]))
+    return needed + [(f"transformation.inputs[{i}]", name) for i, name in enumerate(inputs)]
 
 
 def transform(run: StepRun) -> dict[str, Any]:
@@ -151,15 +163,11 @@ def transform(run: StepRun) -> dict[str, Any]:
 
 
 def _check_columns(run: StepRun, columns: set[str]) -> None:
-    """Fail before anything is written when the transformation reads columns the source lacks."""
-    transformation = run.spec.transformation
-    if transformation.mapping is not None:
-        reads = {
-            f"transformation.mapping.{field}": names
-            for field, names in variables(transformation.mapping).items()
-        }
-    else:
-        reads = {"transformation.inputs": set(transformation.inputs or ())}
+    """Fail before anything is written when a mapping reads columns the source lacks."""
+    mapping = run.spec.transformation.mapping
+    if mapping is None:
+        return  # code lists what it reads in inputs, which the extract step already checked
+    reads = {f"transformation.mapping.{field}": names for field, names in variables(mapping).items()}
     problems = [
         SpecProblem(
             path,

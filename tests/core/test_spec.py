@@ -564,7 +564,7 @@ def test_a_python_reference_is_imported_from_the_spec_folder_or_its_parent(tmp_p
     spec.write_text(base + "  python: my_transforms:to_customer\n")
     assert load_spec(spec).transformation.python == "my_transforms:to_customer"
     spec.write_text(base + "  python: my_transforms:missing\n")
-    with pytest.raises(SpecError, match="transformation.python"):
+    with pytest.raises(SpecError, match=r"transformation\.python"):
         load_spec(spec)
 
 
