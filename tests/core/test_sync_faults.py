@@ -32,14 +32,26 @@ def emails_in_stripe(client: stripe.StripeClient) -> Counter[str]:
 
 
 def sync(
-    proxy: FaultProxy, tmp_path: Path, items: list[Record], *, key: str = KEY, **limits: float
+    proxy: FaultProxy,
+    tmp_path: Path,
+    items: list[Record],
+    *,
+    key: str = KEY,
+    full_resync: bool = False,
+    **limits: float,
 ) -> SyncResult:
     client = stripe.StripeClient(key, base_addresses={"api": proxy.url}, max_network_retries=0)
     limiter = RateLimiter(Limits(limits.get("rate", 200), limits.get("endpoint_rate", 200)))
     api = StripeCustomers(client, limiter=limiter, retries=8, backoff=0.02, max_backoff=0.2)
     ledger = Ledger(sqlite3.connect(tmp_path / "state.sqlite"), "?", "faults")
     ledger.ensure_table()
-    options = SyncOptions(pipeline_id="faults", mode="create_and_update", stripe_field="email", concurrency=8)
+    options = SyncOptions(
+        pipeline_id="faults",
+        mode="create_and_update",
+        stripe_field="email",
+        concurrency=8,
+        full_resync=full_resync,
+    )
     return Syncer(api, ledger, options).run(lambda: iter(items))
 
 
@@ -99,3 +111,31 @@ def test_the_api_key_never_appears_in_any_log_line(fault_proxy, tmp_path, caplog
             )
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert caplog.records and "thisIsTheSecretKeyValue" not in logged
+
+
+def test_full_resync_recreates_a_deleted_customer_with_a_fresh_idempotency_key(
+    fault_proxy, stripe_client, tmp_path
+) -> None:
+    # Through the proxy, whose Idempotency-Key cache behaves like Stripe's: a re-create that
+    # reused the first create's key would get the deleted customer back instead of a new one.
+    items = records(3)
+    assert sync(fault_proxy, tmp_path, items).created == 3
+    gone = next(
+        c for c in stripe_client.v1.customers.list(params={"limit": 100}).data if c.email == "u1@example.com"
+    )
+    stripe_client.v1.customers.delete(gone.id)
+
+    normal = sync(fault_proxy, tmp_path, items)  # the ledger still believes in the deleted customer
+    assert normal.updated == 0 and normal.unchanged == 3
+
+    repaired = sync(fault_proxy, tmp_path, items, full_resync=True)
+    assert (repaired.created, repaired.unchanged) == (1, 2)
+    assert sum(fault_proxy.stats()["replayed"].values()) == 0
+    again = emails_in_stripe(stripe_client)
+    assert again == Counter({f"u{i}@example.com": 1 for i in range(3)})
+    recreated = next(
+        c for c in stripe_client.v1.customers.list(params={"limit": 100}).data if c.email == "u1@example.com"
+    )
+    assert recreated.id != gone.id
+    ledger = Ledger(sqlite3.connect(tmp_path / "state.sqlite"), "?", "faults").load()
+    assert ledger["p001"].customer_ids == (recreated.id,)  # rebuilt from what Stripe holds

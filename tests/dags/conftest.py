@@ -50,6 +50,7 @@ class AirflowEnv:
         self.pipelines.mkdir()
         self.storage = root / "storage"
         self.warehouse = root / "warehouse.sqlite"
+        self.last_output = ""
         self.env = _base_env(self.home)
         self.env.update(
             {
@@ -74,7 +75,8 @@ class AirflowEnv:
         """Run the DAG once with ``airflow dags test``; return the upsert step's summary."""
         before = set(self.storage.glob(f"{dag_id}/*/summary.json"))
         args = ["dags", "test", dag_id] + (["-c", json.dumps(conf)] if conf else [])
-        self.airflow(*args)
+        result = self.airflow(*args)
+        self.last_output = result.stdout + result.stderr
         new = set(self.storage.glob(f"{dag_id}/*/summary.json")) - before
         assert len(new) == 1, f"expected one new summary, found {new}"
         return json.loads(new.pop().read_text())

@@ -13,6 +13,7 @@ import stripe
 
 from krenalis_airflow.core.sample_data import write_sqlite_warehouse
 from tests.dags.conftest import ROOT, AirflowEnv
+from tests.support.localstripe_process import STRIPE_TEST_KEY
 
 pytestmark = pytest.mark.slow
 SAMPLE = ROOT / "dags" / "pipelines" / "sample_customers.yaml"
@@ -47,6 +48,7 @@ def test_sample_pipeline_first_sync_rerun_and_k_changes(
     write_spec("broken.yaml", BROKEN)
 
     first = airflow_env.run_dag("sample_customers")
+    assert "Sync summary" in airflow_env.last_output and STRIPE_TEST_KEY not in airflow_env.last_output
     in_stripe = stripe_customers(stripe_client)
     assert first["created"] > 50 and first["failed"] == 0
     assert len(in_stripe) == first["created"]
