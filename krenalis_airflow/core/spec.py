@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     Field,
+    StringConstraints,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -237,7 +238,7 @@ class PipelineSpec(Model):
     description: str | None = None
     enabled: bool = True
     schedule: str | None = None
-    tags: tuple[str, ...] = ()
+    tags: tuple[Annotated[str, StringConstraints(min_length=1, max_length=100)], ...] = ()
     source: Source
     filter: Group | None = None
     destination: Destination = Destination()

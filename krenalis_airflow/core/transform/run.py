@@ -101,6 +101,8 @@ def stripe_value(path: str, value: Any) -> Any:
 
     ``None`` and ``""`` both mean "clear this field".
     """
+    if type(value) is str and path != "preferred_locales":  # the common case, first
+        return value or None
     if value is None or value == "":
         return None
     if path == "preferred_locales":
