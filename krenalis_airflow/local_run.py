@@ -7,6 +7,7 @@ Connections come from Airflow as usual (``AIRFLOW_CONN_*``, the metadata DB, a s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import tempfile
@@ -45,7 +46,7 @@ def _runs(spec_file: Path, **options: Any) -> Iterator[tuple[steps.StepRun, Path
 
 
 def _then(run: steps.StepRun, upstream: dict[str, Any]) -> steps.StepRun:
-    return steps.StepRun(**{**run.__dict__, "upstream": upstream})
+    return dataclasses.replace(run, upstream=upstream)
 
 
 def preview(spec_file: Path, limit: int) -> tuple[str, list[tuple[dict[str, Any], dict[str, Any]]]]:

@@ -83,11 +83,26 @@ def _cursor(hook: DbApiHook) -> Iterator[tuple[Any, Any]]:
         conn.close()
 
 
+@contextlib.contextmanager
+def _streaming(conn: Any, cursor: Any) -> Iterator[Any]:
+    """A server-side cursor where the driver has one (psycopg: rows arrive in batches instead of
+    all at ``execute``), else the plain cursor (sqlite3 already steps through rows lazily)."""
+    try:
+        named = conn.cursor(name="krenalis_extract")
+    except TypeError:  # DB-API drivers without named cursors
+        yield cursor
+        return
+    try:
+        yield named
+    finally:
+        named.close()
+
+
 def extract(run: StepRun) -> dict[str, Any]:
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     spec = run.spec
     hook = sql_hook(spec.source.conn_id)
-    with _cursor(hook) as (_, cursor):
+    with _cursor(hook) as (conn, cursor):
         extraction = sql.prepare_extraction(
             cursor,
             spec.source,
@@ -102,8 +117,8 @@ def extract(run: StepRun) -> dict[str, Any]:
         cursor.execute(extraction.count_sql)
         total = int(cursor.fetchone()[0])
         path = run.file("profiles.jsonl")
-        rows = sql.iter_rows(cursor, extraction.sql, extraction.params)
-        with path.open("w") as out:
+        with _streaming(conn, cursor) as rows_cursor, path.open("w") as out:
+            rows = sql.iter_rows(rows_cursor, extraction.sql, extraction.params)
             count = write_jsonl(out, itertools.islice(rows, run.limit))
     run.log.info("Extracted %d of %d profiles (%d filtered out)", count, total, total - count)
     return {
