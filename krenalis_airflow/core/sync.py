@@ -24,7 +24,7 @@ import hashlib
 import logging
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
@@ -37,7 +37,7 @@ from krenalis_airflow.core.fields import (
     to_params,
     unit_of,
 )
-from krenalis_airflow.core.ledger import LedgerEntry, field_hashes, payload_hash
+from krenalis_airflow.core.ledger import LedgerEntry, field_hashes, key_digest, payload_hash, state_digest
 from krenalis_airflow.core.records import Record, Rejection
 from krenalis_airflow.core.stripe_api import RecordRejected
 from krenalis_airflow.core.transform.run import normalise_match
@@ -46,6 +46,7 @@ from krenalis_airflow.exceptions import RetryableSyncError, TerminalSyncError
 log = logging.getLogger(__name__)
 STEP = "upsert"
 SAMPLES = 5
+LEDGER_BATCH = 500  # records whose ledger entries are fetched in one query
 
 
 class CustomerApi(Protocol):
@@ -58,7 +59,8 @@ class CustomerApi(Protocol):
 
 
 class LedgerStore(Protocol):
-    def load(self) -> dict[str, LedgerEntry]: ...
+    def synced(self) -> dict[int, int]: ...
+    def entries(self, keys: Sequence[str]) -> dict[str, LedgerEntry]: ...
     def record(self, entries: dict[str, LedgerEntry]) -> int: ...
 
 
@@ -114,19 +116,49 @@ class Syncer:
     # -- planning ---------------------------------------------------------------------------
 
     def run(self, records: Callable[[], Iterable[Record]]) -> SyncResult:
-        """Sync every record; ``records`` is called once or twice (it must be re-readable)."""
-        entries = self.ledger.load()
+        """Sync every record; ``records`` is called once or twice (it must be re-readable).
+
+        Only digests of the synced profiles are held in memory; the full ledger entries of the
+        records that are not plainly unchanged are fetched in batches as they stream by.
+        """
+        synced = {} if self.options.full_resync else self.ledger.synced()
         index: dict[str, list[dict[str, Any]]] | None = None
-        if self.options.full_resync or any(self._needs_lookup(r, entries) for r in records()):
+        if self.options.full_resync or any(
+            self._needs_lookup(record, entry) for record, entry in self._pending_entries(records(), synced)
+        ):
             index = self._build_index()
-        writes = (w for r in records() if (w := self._decide(r, entries.get(r.key), index)) is not None)
+        writes = (
+            write
+            for record, entry in self._pending_entries(records(), synced, count_unchanged=True)
+            if (write := self._decide(record, entry, index)) is not None
+        )
         self._execute(writes)
         self.result.api_calls.update(self.api.calls)
         return self.result
 
-    def _needs_lookup(self, record: Record, entries: dict[str, LedgerEntry]) -> bool:
+    def _pending_entries(
+        self, records: Iterable[Record], synced: dict[int, int], *, count_unchanged: bool = False
+    ) -> Iterator[tuple[Record, LedgerEntry | None]]:
+        """Each record that is not synced and unchanged, with its ledger entry (None if it has none)."""
+        batch: list[Record] = []
+        for record in records:
+            if synced.get(key_digest(record.key)) == state_digest(payload_hash(record)):
+                self.result.unchanged += count_unchanged
+                continue
+            batch.append(record)
+            if len(batch) == LEDGER_BATCH:
+                yield from self._with_entries(batch)
+                batch = []
+        yield from self._with_entries(batch)
+
+    def _with_entries(self, batch: list[Record]) -> Iterator[tuple[Record, LedgerEntry | None]]:
+        if batch:
+            entries = self.ledger.entries([record.key for record in batch])
+            for record in batch:
+                yield record, entries.get(record.key)
+
+    def _needs_lookup(self, record: Record, entry: LedgerEntry | None) -> bool:
         """Whether ``_decide`` will need the index of Stripe customers for this record."""
-        entry = entries.get(record.key)
         if entry is None or entry.match != record.match:
             return True
         if entry.customer_ids:

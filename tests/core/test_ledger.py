@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from krenalis_airflow.core.ledger import Ledger, LedgerEntry, payload_hash
+from krenalis_airflow.core.ledger import Ledger, LedgerEntry, key_digest, payload_hash, state_digest
 from krenalis_airflow.core.records import Record
 
 PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
@@ -251,3 +251,29 @@ def test_payload_hash_ignores_the_profile_key() -> None:
 )
 def test_payload_hash_changes_with_what_a_write_depends_on(changed: Record) -> None:
     assert payload_hash(changed) != payload_hash(BASE)
+
+
+# --------------------------------------------------------------------------------------------
+# Digests and batched entries (what the sync engine holds in memory)
+
+
+def test_synced_digests_cover_only_synced_profiles_with_a_payload(db: Backend) -> None:
+    ledger = db.ledger()
+    ledger.ensure_table()
+    failed = LedgerEntry("eve@x.com", (), "d" * 64, status="failed", attempts=1, error="503")
+    ledger.record({**ENTRIES, "p5": failed})
+    synced = ledger.synced()
+    assert synced == {
+        key_digest(k): state_digest(e.payload_hash) for k, e in ENTRIES.items() if e.payload_hash
+    }
+    assert key_digest("p5") not in synced and key_digest("p3") not in synced
+
+
+def test_entries_fetches_the_asked_keys_in_batches(db: Backend) -> None:
+    ledger = db.ledger()
+    ledger.ensure_table()
+    many = {f"k{i}": LedgerEntry(f"m{i}", (f"cus_{i}",), f"{i:064x}") for i in range(1203)}
+    ledger.record(many)
+    wanted = [f"k{i}" for i in range(0, 1203, 2)] + ["absent"]
+    assert ledger.entries(wanted) == {key: many[key] for key in wanted if key in many}
+    assert ledger.entries([]) == {}
