@@ -185,9 +185,9 @@ class Syncer:
         self, record: Record, previous: LedgerEntry | None, index: dict[str, list[dict[str, Any]]] | None
     ) -> _Write | None:
         opts = self.options
-        done = LedgerEntry(record.match, (), payload_hash(record), field_hashes(record.payload))
+        digest = payload_hash(record)
         entry = previous if previous is not None and previous.match == record.match else None
-        if entry is not None and entry.payload_hash == done.payload_hash and not opts.full_resync:
+        if entry is not None and entry.payload_hash == digest and not opts.full_resync:
             if entry.status == "synced":
                 self.result.unchanged += 1
                 return None
@@ -199,6 +199,7 @@ class Syncer:
             if entry.attempts >= opts.give_up_after:
                 self._reject(record, "given up", f"failed in {entry.attempts} runs in a row: {entry.error}")
                 return None
+        done = LedgerEntry(record.match, (), digest, field_hashes(record.payload))
         if entry is not None and entry.customer_ids and not opts.full_resync:
             if opts.mode == "create_only":
                 self._skip(record, "exists; create_only never updates")

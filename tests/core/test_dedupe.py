@@ -155,25 +155,36 @@ def test_keep_first_handles_several_duplicated_values_independently() -> None:
 
 
 @pytest.mark.parametrize("policy", ["reject", "keep_first"])
-@pytest.mark.parametrize("count", [0, 1, 4])
-def test_the_records_callable_is_called_exactly_twice(policy: str, count: int) -> None:
+@pytest.mark.parametrize(("count", "passes"), [(0, 2), (1, 2), (4, 3)])
+def test_the_records_are_read_twice_or_three_times_with_duplicates(
+    policy: str, count: int, passes: int
+) -> None:
     records = [rec(str(i), "dup" if i % 2 else f"u{i}") for i in range(count)]
     source = Source(records)
     out = list(dedupe(source, policy, "email"))  # type: ignore[arg-type]
     assert len(out) == count
-    assert source.calls == 2
-    assert source.read == [count, count]
+    assert source.calls == passes
+    assert source.read == [count] * passes
 
 
 @pytest.mark.parametrize("policy", ["reject", "keep_first"])
-def test_the_second_pass_is_streamed(policy: str) -> None:
+def test_the_last_pass_is_streamed(policy: str) -> None:
     records = [rec(str(i), f"v{i % 3}") for i in range(6)]
     source = Source(records)
     out = dedupe(source, policy, "email")  # type: ignore[arg-type]
     first = next(out)
     assert first.key == "0"
-    assert source.calls == 2
-    assert source.read == [6, 1]  # first pass read fully; second pass only as far as yielded
+    assert source.calls == 3
+    assert source.read == [6, 6, 1]  # hashes, then suspects, read fully; the last pass as far as yielded
     rest = list(out)
     assert [item.key for item in rest] == ["1", "2", "3", "4", "5"]
-    assert source.calls == 2
+    assert source.calls == 3
+
+
+def test_a_hash_collision_is_not_a_duplicate(monkeypatch: pytest.MonkeyPatch) -> None:
+    import krenalis_airflow.core.dedupe as module
+
+    monkeypatch.setattr(module, "MASK", 0)  # every value hashes to 0: all are suspects
+    records = [rec("1", "a@x.com"), rec("2", "b@x.com"), rec("3", "a@x.com")]
+    out = list(dedupe(lambda: iter(records), "reject", "email"))
+    assert [type(item).__name__ for item in out] == ["Rejection", "Record", "Rejection"]

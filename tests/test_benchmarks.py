@@ -1,0 +1,62 @@
+"""Smoke test of the benchmark harness (``python -m benchmarks.run``) on tiny sizes.
+
+The real run is ``make bench`` (see benchmarks/README.md); this only checks that the harness runs
+end to end — localstripe behind the metered fault proxy, the four scenarios with the baseline,
+every local stage in its own process — and writes a report with its tables.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from benchmarks import run
+
+pytestmark = pytest.mark.slow  # ~15 s: a dozen child processes and four API scenarios
+
+TINY = [
+    "--profiles", "20", "--sample", "4", "--changed-share", "0.1",
+    "--local-rows", "1500", "--small-rows", "1500", "--pg-rows", "0",
+    "--read-latency", "0.02", "--write-latency", "0.05", "--jitter", "0",
+]  # fmt: skip
+
+
+def test_a_tiny_run_writes_the_report_with_its_tables(tmp_path: Path) -> None:
+    report, chart = tmp_path / "REPORT.md", tmp_path / "chart.png"
+    options = ["--report", str(report), "--chart", str(chart), "--work-dir", str(tmp_path)]
+
+    assert run.main([*TINY, *options]) == 0
+
+    text = report.read_text()
+    assert "## Targets" in text
+    assert "| Rerun with nothing changed → 0 writes | 0 writes, 0 calls | met |" in text
+    assert "| Rerun with k = 2 changed → k writes | 2 writes | met |" in text
+    assert "## Stripe API: 20 profiles, ours vs a hand-written loop" in text
+    for title in (
+        "First sync into an empty Stripe",
+        "First sync, 10 already in Stripe (5 of them outdated)",
+        "Rerun, nothing changed",
+        "Rerun, 10% changed (2 profiles)",
+    ):
+        assert f"### {title}" in text
+        assert f"| {title} |" in text  # its row in the summary table
+    assert "| `POST /v1/customers` | 20 | 20 |" in text  # first sync: ours and the baseline create 20
+    assert "## Local stages: 1,500 profiles from SQLite" in text
+    for stage in (
+        "extract (SQLite)",
+        "transform (mapping)",
+        "transform (python)",
+        "transform (javascript)",
+        "dedupe",
+        "diff vs ledger (unchanged)",
+    ):
+        assert f"| {stage} |" in text
+    assert "failed" not in text.split("## Local stages")[1].split("## Machine")[0]
+    assert "## Machine, versions, options" in text
+    if importlib.util.find_spec("matplotlib") is None:
+        assert "Chart skipped: matplotlib is not installed" in text
+    else:
+        assert chart.stat().st_size < 200_000
+        assert "![API calls and wall time per scenario, ours vs baseline](chart.png)" in text
