@@ -3,6 +3,9 @@ hides, stalls or marks stale another pipeline's DAG.
 
 A spec that fails becomes a paused placeholder DAG (tag ``broken-spec``) whose description and
 docs show the error and whose only task fails with it, so the person who broke it sees why.
+``check_specs``, run by a second DAG file that defines no DAG, also raises for broken specs so
+Airflow lists them under "DAG Import Errors": an import error belongs to a file and marks that
+file's DAGs stale, and that file has none, so no pipeline is hidden.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from krenalis_airflow.core.plan import BrokenPlan, PipelinePlan, plan_broken, plan_pipeline
 from krenalis_airflow.core.spec import LoadedSpec, discover
-from krenalis_airflow.exceptions import SpecError, SpecProblem
+from krenalis_airflow.exceptions import KrenalisError, SpecError, SpecProblem
 from krenalis_airflow.operators.profile_export import ProfileExportOperator
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,25 @@ DEFAULT_ARGS = {"owner": "krenalis", "retries": 2}
 
 def pipelines_dir(default: str | Path) -> Path:
     return Path(os.environ.get("KRENALIS_PIPELINES_DIR") or default)
+
+
+class BrokenPipelineSpecs(KrenalisError):
+    """Raised by ``dags/krenalis_spec_check.py`` so Airflow lists broken specs as an import error."""
+
+
+def check_specs(folder: str | Path) -> None:
+    """Raise ``BrokenPipelineSpecs`` naming every spec in ``folder`` that does not load.
+
+    Builds no DAG: Airflow registers every DAG created while a file is parsed, so building the
+    pipelines here would register each dag_id twice.
+    """
+    errors = [str(item) for item in discover(folder) if not isinstance(item, LoadedSpec)]
+    if errors:
+        count = f"{len(errors)} pipeline spec{'s' if len(errors) > 1 else ''}"
+        raise BrokenPipelineSpecs(
+            f"{count} in {folder} cannot run; each is listed as a paused 'broken-spec' DAG and the "
+            "other pipelines are not affected:\n\n" + "\n\n".join(errors)
+        )
 
 
 def build_dags(folder: str | Path) -> dict[str, DAG]:

@@ -84,3 +84,14 @@ def test_the_dag_file_uses_the_pipelines_dir_variable(
     monkeypatch.setenv("KRENALIS_PIPELINES_DIR", str(tmp_path))
     namespace = runpy.run_path(str(ROOT / "dags" / "krenalis_pipelines.py"))
     assert "from_env" in namespace and "sample_customers" not in namespace
+
+
+def test_check_specs_raises_for_broken_specs_only(tmp_path: Path) -> None:
+    from krenalis_airflow.dag_factory import BrokenPipelineSpecs, check_specs
+
+    spec(tmp_path, "a_good.yaml", MINIMAL.format(id="good", enabled="true", schedule="1h"))
+    check_specs(tmp_path)  # nothing to report
+    spec(tmp_path, "b_broken.yaml", MINIMAL.format(id="broken", enabled="true", schedule="7m"))
+    with pytest.raises(BrokenPipelineSpecs, match=r"1 pipeline spec in .* cannot run") as raised:
+        check_specs(tmp_path)
+    assert "b_broken.yaml:3: schedule:" in str(raised.value) and "a_good" not in str(raised.value)
