@@ -83,7 +83,7 @@ class RateLimiter:
         self._endpoints: dict[str, TokenBucket] = {}
         self._lock = threading.Lock()
         self._slowed_at = -1e9
-        self.waited = 0.0  # seconds spent waiting for tokens, for the run summary
+        self.waited = 0.0  # seconds spent waiting for tokens, summed over threads (benchmarks read it)
 
     def acquire(self, endpoint: str) -> None:
         with self._lock:

@@ -156,12 +156,10 @@ def _classify(exc: stripe.StripeError) -> str:
             "the API key lacks a permission (403): give the restricted key Customers: write "
             f"(it needs to read and write customers). Stripe said: {_message(exc)}"
         ) from None
-    if isinstance(exc, stripe.RateLimitError):
-        return "lock timeout" if _code(exc) == "lock_timeout" else "rate limited"
     if isinstance(exc, stripe.APIConnectionError):
         return "network error"
     status = exc.http_status or 0
-    if status == 429:
+    if isinstance(exc, stripe.RateLimitError) or status == 429:
         return "lock timeout" if _code(exc) == "lock_timeout" else "rate limited"
     if status >= 500 or status == 409 or isinstance(exc, stripe.APIError):
         return f"HTTP {status or 'error'}"
