@@ -12,8 +12,8 @@ files where a task uses object storage, and streams through JSONL files as the t
 * extract: ``prepare_extraction`` probes the source, the count query runs, ``iter_rows`` streams
   the rows into ``profiles.jsonl`` (one cursor, as ``steps.extract``; ``named_cursor`` reads the
   rows through a PostgreSQL server-side cursor instead);
-* transform: ``build_transformer`` + ``transform_profiles`` → ``records.jsonl`` and rejections;
-* dedupe: ``dedupe`` (two passes over ``records.jsonl``) → ``deduped.jsonl``;
+* transform: ``build_transformer`` + ``transform_file`` → ``records.jsonl`` and rejections;
+* dedupe: ``dedupe_file`` (three passes over ``records.jsonl``) → ``deduped.jsonl``;
 * diff: ``Syncer.run`` against a SQLite ledger that already holds every record with its current
   payload hash, and an API stub that fails the stage if it is called (a rerun with nothing
   changed costs no call); ``diff_changed`` changes one record in a hundred and lets the stub answer
@@ -46,15 +46,15 @@ from typing import Any
 from benchmarks.transform_javascript import SOURCE as JAVASCRIPT
 from benchmarks.transform_mapping_python import PYTHON
 from krenalis_airflow.core import extract as sql
-from krenalis_airflow.core.dedupe import dedupe
+from krenalis_airflow.core.dedupe import dedupe_file
 from krenalis_airflow.core.ledger import Ledger, LedgerEntry, field_hashes, payload_hash
 from krenalis_airflow.core.ratelimit import Limits, concurrency_for
-from krenalis_airflow.core.records import Record, Rejection, read_jsonl, read_records, write_jsonl
+from krenalis_airflow.core.records import Record, read_records, write_jsonl
 from krenalis_airflow.core.sample_data import TABLE, generate_profiles, write_sqlite_warehouse
 from krenalis_airflow.core.spec import PipelineSpec, Transformation, load_spec
 from krenalis_airflow.core.sync import Syncer, SyncOptions
 from krenalis_airflow.core.transform.build import build_transformer
-from krenalis_airflow.core.transform.run import transform_profiles
+from krenalis_airflow.core.transform.run import transform_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_SPEC = ROOT / "dags" / "pipelines" / "sample_customers.yaml"
@@ -112,8 +112,6 @@ def stage_extract(args: dict[str, Any]) -> dict[str, Any]:
 
 def stage_transform(args: dict[str, Any]) -> dict[str, Any]:
     spec = bench_spec(args["language"])
-    rejected: Counter[str] = Counter()
-    transformed = 0
     transformer = build_transformer(spec.transformation)
     worker_peak = 0
     try:
@@ -122,13 +120,7 @@ def stage_transform(args: dict[str, Any]) -> dict[str, Any]:
             open(args["output"], "w") as ok,
             open(args["rejections"], "w") as bad,
         ):
-            for item in transform_profiles(read_jsonl(src), spec, transformer):
-                if isinstance(item, Rejection):
-                    rejected[item.kind] += 1
-                    write_jsonl(bad, [item])
-                else:
-                    transformed += 1
-                    write_jsonl(ok, [item])
+            transformed, rejected = transform_file(src, ok, bad, spec, transformer)
         worker = getattr(transformer, "worker_pid", None)  # the JavaScript worker, while it still runs
         if worker is not None:
             worker_peak = peak_rss(worker)
@@ -153,15 +145,10 @@ def _reader(path: str, change: Callable[[Record], Record] | None = None) -> Call
 
 def stage_dedupe(args: dict[str, Any]) -> dict[str, Any]:
     export = bench_spec().export
-    kept = dupes = 0
     with open(args["output"], "w") as ok, open(args["rejections"], "w") as bad:
-        for item in dedupe(_reader(args["input"]), export.duplicate_profiles, export.matching.stripe):
-            if isinstance(item, Rejection):
-                dupes += 1
-                write_jsonl(bad, [item])
-            else:
-                kept += 1
-                write_jsonl(ok, [item])
+        kept, dupes = dedupe_file(
+            Path(args["input"]).open, ok, bad, export.duplicate_profiles, export.matching.stripe
+        )
     return {"rows": kept + dupes, "kept": kept, "duplicates": dupes}
 
 

@@ -5,7 +5,10 @@ Three streaming passes over the records, holding one integer per record:
 1. the 64-bit hash of every matching value, sorted to find the hashes seen twice;
 2. for the records with such a hash only, their exact matching values and keys (a hash collision
    is told apart here, so it never makes a false duplicate);
-3. the records again, each yielded or rejected.
+3. the records again, each kept or rejected (``Duplicates.rejection``).
+
+Passes 1 and 2 need only each record's key and matching value (``find_duplicates``); the dedupe
+step reads just those two from each line and copies the lines it keeps unchanged.
 
 ``reject`` rejects every profile of a duplicated value (naming the others); ``keep_first`` keeps
 the first one in extraction order, which is ``export.order_by`` (default: key ascending).
@@ -15,46 +18,105 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator
-from typing import Literal
+from contextlib import AbstractContextManager
+from typing import IO, Literal, Protocol, TypeVar
 
-from krenalis_airflow.core.records import Record, Rejection
+from krenalis_airflow.core.records import JsonlWriter, Keys, Rejection, read_keyed_lines
 
 STEP = "dedupe"
 KIND = "duplicate profile"
 SHOWN = 5  # how many other keys a rejection names
 MASK = (1 << 64) - 1
 
+Policy = Literal["reject", "keep_first"]
 
-def dedupe(
-    records: Callable[[], Iterable[Record]], policy: Literal["reject", "keep_first"], stripe_field: str
-) -> Iterator[Record | Rejection]:
-    """Yield each record, or a Rejection for the duplicates. ``records`` is called three times."""
+
+class Keyed(Protocol):
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def match(self) -> str: ...
+
+
+K = TypeVar("K", bound=Keyed)
+
+
+class Duplicates:
+    """The keys of every shared matching value, and the verdict on each record."""
+
+    def __init__(self, groups: dict[str, list[str]], policy: Policy, stripe_field: str) -> None:
+        self.groups = groups
+        self.policy = policy
+        self.stripe_field = stripe_field
+
+    def rejection(self, key: str, match: str) -> Rejection | None:
+        """None when the record is kept; else why it is not."""
+        keys = self.groups.get(match)
+        if keys is None or len(keys) == 1:
+            return None
+        if self.policy == "keep_first":
+            if keys[0] == key:
+                return None
+            reason = f"{self.stripe_field} {match!r} is also on profile {keys[0]}, kept first"
+            return Rejection(key, STEP, KIND, reason)
+        shared = [k for k in keys if k != key]
+        listed = ", ".join(shared[:SHOWN]) + (
+            f" and {len(shared) - SHOWN} more" if len(shared) > SHOWN else ""
+        )
+        reason = f"{self.stripe_field} {match!r} is shared with profile(s) {listed}"
+        return Rejection(key, STEP, KIND, reason + " (duplicate_profiles: reject)")
+
+
+def find_duplicates(records: Callable[[], Iterable[Keyed]], policy: Policy, stripe_field: str) -> Duplicates:
+    """Passes 1 and 2. ``records`` is called twice when some hash repeats, else once."""
     suspects = _repeated_hashes(records())
     groups: dict[str, list[str]] = {}
     if suspects:
         for record in records():
             if hash(record.match) & MASK in suspects:
                 groups.setdefault(record.match, []).append(record.key)
+    return Duplicates(groups, policy, stripe_field)
+
+
+def dedupe(records: Callable[[], Iterable[K]], policy: Policy, stripe_field: str) -> Iterator[K | Rejection]:
+    """Yield each record, or a Rejection for the duplicates. ``records`` is called three times
+    (twice when no hash repeats)."""
+    duplicates = find_duplicates(records, policy, stripe_field)
     for record in records():
-        keys = groups.get(record.match)
-        if keys is None or len(keys) == 1:
-            yield record
-        elif policy == "keep_first" and keys[0] == record.key:
-            yield record
-        elif policy == "keep_first":
-            reason = f"{stripe_field} {record.match!r} is also on profile {keys[0]}, kept first"
-            yield Rejection(record.key, STEP, KIND, reason)
-        else:
-            shared = [k for k in keys if k != record.key]
-            listed = ", ".join(shared[:SHOWN]) + (
-                f" and {len(shared) - SHOWN} more" if len(shared) > SHOWN else ""
-            )
-            reason = f"{stripe_field} {record.match!r} is shared with profile(s) {listed}"
-            reason += " (duplicate_profiles: reject)"
-            yield Rejection(record.key, STEP, KIND, reason)
+        yield duplicates.rejection(record.key, record.match) or record
 
 
-def _repeated_hashes(records: Iterable[Record]) -> set[int]:
+def dedupe_file(
+    open_records: Callable[[], AbstractContextManager[IO[str]]],
+    kept: IO[str],
+    rejected: IO[str],
+    policy: Policy,
+    stripe_field: str,
+) -> tuple[int, int]:
+    """The dedupe step over JSONL files: ``(kept, rejected)`` counts.
+
+    Only the key and the matching value of each line are decoded; kept lines are copied as
+    they are. ``open_records`` opens the records file (three times).
+    """
+
+    def keys() -> Iterator[Keys]:
+        with open_records() as stream:
+            for found, _line in read_keyed_lines(stream):
+                yield found
+
+    duplicates = find_duplicates(keys, policy, stripe_field)
+    with open_records() as stream, JsonlWriter(kept) as ok, JsonlWriter(rejected) as bad:
+        for found, line in read_keyed_lines(stream):
+            rejection = duplicates.rejection(found.key, found.match)
+            if rejection is None:
+                ok.write_line(line)
+            else:
+                bad.write(rejection)
+    return ok.count, bad.count
+
+
+def _repeated_hashes(records: Iterable[Keyed]) -> set[int]:
     """The hashes of matching values seen more than once (a sorted list of ints: ~40 MB at 1M)."""
     ordered = sorted(hash(record.match) & MASK for record in records)
     return {a for a, b in itertools.pairwise(ordered) if a == b}

@@ -315,10 +315,13 @@ def iter_rows(
         if names is None:
             names = columns_of(cursor)
         for row in batch:
-            yield {
-                name: value if type(value) in PLAIN else json_value(value)
-                for name, value in zip(names, row, strict=True)
-            }
+            if PLAIN.issuperset(map(type, row)):  # the common row: nothing to convert, no call per value
+                yield dict(zip(names, row, strict=True))
+            else:
+                yield {
+                    name: value if type(value) in PLAIN else json_value(value)
+                    for name, value in zip(names, row, strict=True)
+                }
 
 
 PLAIN = frozenset({str, int, float, type(None)})  # most values: no conversion, no call

@@ -1,20 +1,21 @@
 """What travels between steps: one JSON object per line, streamed, never a whole list in memory.
 
-Encoding and decoding use msgspec (an Airflow dependency): with ``json`` and
-``dataclasses.asdict`` this file format was the slowest part of every step.
+Encoding and decoding use msgspec (an Airflow dependency), a thousand lines per call: lines are
+read and written in chunks and decoded straight into ``Record``/``Rejection`` structs, because
+per-line JSON calls and dict → object copies were the slowest part of every step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import IO, Any
+from itertools import islice
+from types import TracebackType
+from typing import IO, Any, TypeVar
 
 import msgspec
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(msgspec.Struct, frozen=True):
     """A transformed profile, ready to be upserted.
 
     ``match`` is the normalised matching value (what is compared); ``match_value`` is what is
@@ -24,11 +25,10 @@ class Record:
     key: str
     match: str
     match_value: str
-    payload: dict[str, Any] = field(default_factory=dict)
+    payload: dict[str, Any] = {}
 
 
-@dataclass(frozen=True, slots=True)
-class Rejection:
+class Rejection(msgspec.Struct, frozen=True):
     """A profile left out of the sync, with the step, a short kind (for counts) and the detail."""
 
     key: str
@@ -37,43 +37,115 @@ class Rejection:
     reason: str
 
 
+class Keys(msgspec.Struct, frozen=True):
+    """Only the key and the matching value of a record line (the payload is skipped, not built)."""
+
+    key: str
+    match: str
+
+
+LINES_PER_CALL = 1000
+READ_HINT = 1 << 18  # bytes of lines read per chunk
+
+Item = Record | Rejection | dict[str, Any]
+T = TypeVar("T")
+
 _ENCODER = msgspec.json.Encoder(enc_hook=str)
-_DECODER = msgspec.json.Decoder()
+_DICTS: msgspec.json.Decoder[dict[str, Any]] = msgspec.json.Decoder(dict[str, Any])
+_RECORDS = msgspec.json.Decoder(Record)
+_REJECTIONS = msgspec.json.Decoder(Rejection)
+_KEYS = msgspec.json.Decoder(Keys)
 
 
-def _plain(item: Record | Rejection | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(item, Record):
-        return {
-            "key": item.key,
-            "match": item.match,
-            "match_value": item.match_value,
-            "payload": item.payload,
-        }
-    if isinstance(item, Rejection):
-        return {"key": item.key, "step": item.step, "kind": item.kind, "reason": item.reason}
-    return item
+class JsonlWriter:
+    """Writes items one by one, encoding them a chunk at a time; ``count`` is what was written.
+
+    Use it as a context manager (or call ``flush``): items still in the buffer are written on
+    exit, only when the block succeeded.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.count = 0
+        self._buffer: list[Item] = []
+
+    def write(self, item: Item) -> None:
+        self._buffer.append(item)
+        if len(self._buffer) >= LINES_PER_CALL:
+            self.flush()
+
+    def write_line(self, line: str) -> None:
+        """Copy a line already encoded (as read by ``read_keyed_lines``), as is."""
+        self.flush()
+        self.stream.write(line if line.endswith("\n") else line + "\n")
+        self.count += 1
+
+    def flush(self) -> None:
+        if self._buffer:
+            self.stream.write(_ENCODER.encode_lines(self._buffer).decode())
+            self.count += len(self._buffer)
+            self._buffer.clear()
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if kind is None:
+            self.flush()
 
 
-def write_jsonl(stream: IO[str], items: Iterable[Record | Rejection | dict[str, Any]]) -> int:
+def write_jsonl(stream: IO[str], items: Iterable[Item]) -> int:
     count = 0
-    for item in items:
-        stream.write(_ENCODER.encode(_plain(item)).decode())
-        stream.write("\n")
-        count += 1
+    iterator = iter(items)
+    while chunk := list(islice(iterator, LINES_PER_CALL)):
+        stream.write(_ENCODER.encode_lines(chunk).decode())
+        count += len(chunk)
     return count
 
 
+def _decoded(stream: IO[str], decoder: msgspec.json.Decoder[T]) -> Iterator[T]:
+    """Whole lines are read a chunk at a time (blank lines are skipped by ``decode_lines``)."""
+    before = 0  # lines read before this chunk
+    while lines := stream.readlines(READ_HINT):
+        yield from _decode(decoder, lines, before)
+        before += len(lines)
+
+
+def _decode(decoder: msgspec.json.Decoder[T], lines: list[str], before: int) -> list[T]:
+    try:
+        return decoder.decode_lines("".join(lines))
+    except msgspec.MsgspecError:  # name the line: the chunk's error only has an index
+        for number, line in enumerate(lines, before + 1):
+            try:
+                if not line.isspace():
+                    decoder.decode(line)
+            except msgspec.MsgspecError as exc:
+                raise ValueError(
+                    f"line {number} of a file between steps: {exc}: {line.strip()[:200]!r}"
+                ) from exc
+        raise
+
+
 def read_jsonl(stream: IO[str]) -> Iterator[dict[str, Any]]:
-    for line in stream:
-        if line.strip():
-            yield _DECODER.decode(line)
+    return _decoded(stream, _DICTS)
 
 
 def read_records(stream: IO[str]) -> Iterator[Record]:
-    for data in read_jsonl(stream):
-        yield Record(**data)
+    return _decoded(stream, _RECORDS)
 
 
 def read_rejections(stream: IO[str]) -> Iterator[Rejection]:
-    for data in read_jsonl(stream):
-        yield Rejection(**data)
+    return _decoded(stream, _REJECTIONS)
+
+
+def read_keyed_lines(stream: IO[str]) -> Iterator[tuple[Keys, str]]:
+    """Each record line with its key and matching value, for a step that copies lines unchanged."""
+    before = 0
+    while lines := stream.readlines(READ_HINT):
+        found = _decode(_KEYS, lines, before)
+        before += len(lines)
+        if len(found) < len(lines):
+            lines = [line for line in lines if not line.isspace()]
+        yield from zip(found, lines, strict=True)

@@ -22,7 +22,7 @@ from airflow.sdk import BaseHook, ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 
 from krenalis_airflow.core import extract as sql
-from krenalis_airflow.core.dedupe import dedupe as dedupe_records
+from krenalis_airflow.core.dedupe import dedupe_file
 from krenalis_airflow.core.history import History
 from krenalis_airflow.core.ledger import EmptyLedger, Ledger
 from krenalis_airflow.core.ratelimit import RateLimiter, concurrency_for
@@ -39,7 +39,7 @@ from krenalis_airflow.core.stripe_api import StripeCustomers
 from krenalis_airflow.core.sync import LedgerStore, Syncer, SyncOptions, SyncResult
 from krenalis_airflow.core.transform.build import build_transformer
 from krenalis_airflow.core.transform.mapping import variables
-from krenalis_airflow.core.transform.run import transform_profiles
+from krenalis_airflow.core.transform.run import transform_file
 from krenalis_airflow.exceptions import RetryableSyncError, SpecError, SpecProblem, TerminalSyncError
 from krenalis_airflow.hooks.stripe import StripeHook
 
@@ -145,8 +145,6 @@ def _selected_columns(spec: PipelineSpec) -> list[tuple[str, str]]:
 def transform(run: StepRun) -> dict[str, Any]:
     transformation = run.spec.transformation
     _check_columns(run, set(run.upstream["columns"]))
-    rejected: Counter[str] = Counter()
-    transformed = 0
     records, rejections = run.file("records.jsonl"), run.file("rejected-transform.jsonl")
     transformer = build_transformer(transformation, search_path=[Path(run.spec_file).parent.parent])
     try:
@@ -155,13 +153,7 @@ def transform(run: StepRun) -> dict[str, Any]:
             records.open("w") as ok,
             rejections.open("w") as bad,
         ):
-            for item in transform_profiles(read_jsonl(src), run.spec, transformer):
-                if isinstance(item, Rejection):
-                    rejected[item.kind] += 1
-                    write_jsonl(bad, [item])
-                else:
-                    transformed += 1
-                    write_jsonl(ok, [item])
+            transformed, rejected = transform_file(src, ok, bad, run.spec, transformer)
     finally:
         transformer.close()
     _log_rejections(run, rejections)
@@ -206,17 +198,14 @@ def _reader(path: str) -> Callable[[], Iterator[Record]]:
 def dedupe(run: StepRun) -> dict[str, Any]:
     export = run.spec.export
     kept, duplicates = run.file("deduped.jsonl"), run.file("rejected-dedupe.jsonl")
-    count = dupes = 0
     with kept.open("w") as ok, duplicates.open("w") as bad:
-        for item in dedupe_records(
-            _reader(run.upstream["records"]), export.duplicate_profiles, export.matching.stripe
-        ):
-            if isinstance(item, Rejection):
-                dupes += 1
-                write_jsonl(bad, [item])
-            else:
-                count += 1
-                write_jsonl(ok, [item])
+        count, dupes = dedupe_file(
+            ObjectStoragePath(run.upstream["records"]).open,
+            ok,
+            bad,
+            export.duplicate_profiles,
+            export.matching.stripe,
+        )
     _log_rejections(run, duplicates)
     run.log.info("%d profiles left after dedupe, %d duplicates rejected", count, dupes)
     rejected = dict(run.upstream["rejected"])

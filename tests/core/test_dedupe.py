@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import pytest
 
-from krenalis_airflow.core.dedupe import dedupe
-from krenalis_airflow.core.records import Record, Rejection
+from krenalis_airflow.core.dedupe import dedupe, dedupe_file
+from krenalis_airflow.core.records import Record, Rejection, read_rejections, write_jsonl
 
 
 def rec(key: str, match: str) -> Record:
@@ -188,3 +190,36 @@ def test_a_hash_collision_is_not_a_duplicate(monkeypatch: pytest.MonkeyPatch) ->
     records = [rec("1", "a@x.com"), rec("2", "b@x.com"), rec("3", "a@x.com")]
     out = list(dedupe(lambda: iter(records), "reject", "email"))
     assert [type(item).__name__ for item in out] == ["Rejection", "Record", "Rejection"]
+
+
+# --------------------------------------------------------------------------------------------
+# The dedupe step over files
+
+
+@pytest.mark.parametrize("policy", ["reject", "keep_first"])
+def test_dedupe_file_copies_kept_lines_unchanged_and_writes_the_rejections(policy: str) -> None:
+    records = [rec("1", "a@x"), rec("2", "b@x"), rec("3", "a@x"), rec("4", "c@x")]
+    encoded = io.StringIO()
+    write_jsonl(encoded, records)
+    lines = encoded.getvalue().splitlines(keepends=True)
+    lines[1] = lines[1].replace('"payload":', ' "payload" :  ')  # spacing a re-encode would change
+    text = "".join(lines)
+    opened = []
+
+    @contextmanager
+    def open_records() -> Iterator[io.StringIO]:
+        opened.append(1)
+        yield io.StringIO(text)
+
+    kept, rejected = io.StringIO(), io.StringIO()
+    counts = dedupe_file(open_records, kept, rejected, policy, "email")  # type: ignore[arg-type]
+    expected = list(dedupe(lambda: iter(records), policy, "email"))  # type: ignore[arg-type]
+    kept_keys = [item.key for item in expected if isinstance(item, Record)]
+    assert kept.getvalue() == "".join(
+        line for line, r in zip(lines, records, strict=True) if r.key in kept_keys
+    )
+    assert list(read_rejections(io.StringIO(rejected.getvalue()))) == [
+        item for item in expected if isinstance(item, Rejection)
+    ]
+    assert counts == (len(kept_keys), len(records) - len(kept_keys))
+    assert len(opened) == 3

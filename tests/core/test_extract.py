@@ -481,6 +481,16 @@ def test_sqlite_values_are_json_ready(tmp_path: Path) -> None:
     assert rows == [{"id": 1, "r": 2.5, "b": "00ff", "s": "é", "n": None}]
 
 
+def test_rows_that_need_converting_and_rows_that_do_not_share_a_batch(tmp_path: Path) -> None:
+    """SQLite types values per row: a column can hold text in one row and a blob in the next."""
+    conn = sqlite3.connect(tmp_path / "mixed.db")
+    conn.execute("CREATE TABLE t (id INTEGER, v)")
+    conn.executemany("INSERT INTO t VALUES (?, ?)", [(1, "plain"), (2, b"\x01"), (3, 4.5), (4, None)])
+    rows = list(iter_rows(conn.cursor(), "SELECT id, v FROM t ORDER BY id", [], batch_size=10))
+    assert rows == [{"id": 1, "v": "plain"}, {"id": 2, "v": "01"}, {"id": 3, "v": 4.5}, {"id": 4, "v": None}]
+    assert [list(row) for row in rows] == [["id", "v"]] * 4
+
+
 @pytest.mark.parametrize("driver", ["psycopg2", "psycopg3"])
 def test_postgres_values_are_json_ready(pg_schema: str, driver: str) -> None:
     conn = pg_connect(driver)

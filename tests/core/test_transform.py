@@ -23,7 +23,8 @@ from krenalis_airflow.core.fields import (
 from krenalis_airflow.core.records import Record, Rejection
 from krenalis_airflow.core.spec import PipelineSpec, parse_spec
 from krenalis_airflow.core.transform.mapping import MappingTransform, syntax_problems, variables
-from krenalis_airflow.core.transform.run import stripe_value, transform_profiles
+from krenalis_airflow.core.transform.run import transform_profiles
+from krenalis_airflow.core.transform.validate import stripe_value
 from krenalis_airflow.exceptions import TransformError
 
 SAMPLE = Path(__file__).resolve().parents[2] / "dags" / "pipelines" / "sample_customers.yaml"
@@ -137,6 +138,20 @@ def test_columns_named_like_the_templates_internals_are_plain_columns() -> None:
         "description": "r!",
         "name": "ec",
     }
+
+
+def test_bare_column_names_read_the_profile_as_jinja_does() -> None:
+    """Bare names skip the template; what they give must not change."""
+    transform = MappingTransform({"name": "first_name", "metadata.trim": "trim", "metadata.n": "nickname"})
+    assert transform({"first_name": "Ada", "trim": "a column named like a helper", "nickname": None}) == {
+        "name": "Ada",
+        "metadata.trim": "a column named like a helper",
+        "metadata.n": None,
+    }
+    helper = transform({"first_name": "Ada", "nickname": "A"})["metadata.trim"]  # no such column: the helper
+    assert callable(helper)
+    with pytest.raises(TransformError, match=r"^name: UndefinedError: 'first_name' is undefined"):
+        transform({"nickname": "A"})
 
 
 def test_mapping_wraps_runtime_errors_of_an_expression() -> None:

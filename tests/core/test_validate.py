@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import math
+from datetime import date
+from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from krenalis_airflow.core.transform.mapping import mapping_static_problems
-from krenalis_airflow.core.transform.validate import output_problems, type_problems
+from krenalis_airflow.core.transform.validate import (
+    checked_payload,
+    output_problems,
+    stripe_value,
+    type_problems,
+)
 
 # --------------------------------------------------------------------------------------------
 # output_problems: one value at a time
@@ -360,3 +370,91 @@ def test_shipping_without_its_required_parts_is_a_spec_problem(mapping: dict[str
     [(field, message)] = mapping_static_problems(mapping)
     assert field == next(iter(mapping))
     assert message == f"writing shipping needs {missing} in the mapping too: Stripe requires them"
+
+
+# --------------------------------------------------------------------------------------------
+# checked_payload: the one-pass version the transform step runs, against its definition
+
+PATHS = [
+    "name",
+    "email",
+    "phone",
+    "description",
+    "tax_exempt",
+    "preferred_locales",
+    "address.line1",
+    "address.country",
+    "shipping.name",
+    "shipping.phone",
+    "shipping.address.line1",
+    "shipping.address.country",
+    "metadata.plan",
+    "metadata." + "k" * 41,
+    "nmae",
+    "balance",
+]
+TEXT = st.one_of(
+    st.sampled_from(["", " ", "IT", "it", "UK", "none", "exempt", "en-GB", "a@b.co", "a@b", "+39 02 1234"]),
+    st.text(max_size=30),
+    st.integers(min_value=0, max_value=600).map(lambda n: "x" * n),  # around the length limits
+    st.sampled_from([256, 257, 350, 351, 500, 501, 5000, 5001]).map(lambda n: "y" * n),
+)
+VALUES = st.one_of(
+    TEXT,
+    st.none(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.decimals(allow_nan=False, allow_infinity=False),
+    st.dates(),
+    st.lists(st.one_of(TEXT, st.none(), st.integers()), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+RESULTS = st.one_of(
+    st.dictionaries(st.sampled_from(PATHS), VALUES, max_size=8),
+    st.integers(min_value=45, max_value=55).map(lambda n: {f"metadata.k{i}": "v" for i in range(n)}),
+    st.tuples(st.dictionaries(st.sampled_from(PATHS), VALUES, max_size=4), st.integers()).map(
+        lambda pair: {**pair[0], pair[1]: "a key that is not text"}
+    ),
+)
+WRITTEN = st.one_of(
+    st.just({}),
+    st.builds(lambda value: {"email": value}, TEXT),
+    st.builds(lambda value: {"metadata.plan": value}, TEXT),
+)
+
+
+def checked_by_definition(
+    result: dict[Any, Any], written: dict[str, str]
+) -> tuple[dict[str, Any], list[str]]:
+    problems = type_problems(result)
+    if problems:
+        return {}, problems
+    payload = {path: stripe_value(path, value) for path, value in result.items()}
+    return payload, output_problems({**payload, **written})
+
+
+@settings(max_examples=600, deadline=None, database=None)
+@given(result=RESULTS, written=WRITTEN)
+def test_checked_payload_agrees_with_type_problems_then_output_problems(
+    result: dict[Any, Any], written: dict[str, str]
+) -> None:
+    payload, problems = checked_payload(result, written)
+    expected_payload, expected_problems = checked_by_definition(result, written)
+    assert sorted(problems) == sorted(expected_problems)
+    assert payload == expected_payload or any(  # NaN never equals itself
+        isinstance(value, float) and math.isnan(value) for value in result.values()
+    )
+
+
+def test_checked_payload_coerces_like_stripe_value_and_checks_the_written_match() -> None:
+    result = {"name": "", "metadata.ltv": 250.0, "metadata.vip": True, "metadata.day": date(2026, 1, 2)}
+    payload, problems = checked_payload(result, {"email": "not an email"})
+    assert payload == {
+        "name": None,
+        "metadata.ltv": "250",
+        "metadata.vip": "true",
+        "metadata.day": "2026-01-02",
+    }
+    assert problems == ["email: 'not an email' is not an email address"]
+    assert checked_payload({"metadata.n": Decimal("1.5")}, {}) == ({"metadata.n": "1.5"}, [])

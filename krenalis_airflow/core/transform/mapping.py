@@ -61,7 +61,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, meta, nodes
 from jinja2.compiler import CodeGenerator, Frame
@@ -71,11 +71,11 @@ from jinja2.utils import consume
 
 from krenalis_airflow.core.fields import METADATA_PREFIX, field_problem
 from krenalis_airflow.core.transform.base import PerRecord
-from krenalis_airflow.core.transform.run import stripe_value
 from krenalis_airflow.core.transform.validate import (
     METADATA_MAX_KEYS,
     SHIPPING_REQUIRED,
     output_problems,
+    stripe_value,
     type_problems,
 )
 from krenalis_airflow.exceptions import TransformError
@@ -85,7 +85,7 @@ from krenalis_airflow.exceptions import TransformError
 
 
 def _text(value: Any) -> str:
-    """The text of a value as Stripe receives it (the rules of ``run.stripe_value``)."""
+    """The text of a value as Stripe receives it (the rules of ``validate.stripe_value``)."""
     if isinstance(value, str):
         return value
     if value is None:
@@ -325,11 +325,16 @@ def _compile_all(expressions: list[str]) -> Callable[[Mapping[str, Any]], list[A
     tree = nodes.Template(body, lineno=1)
     tree.set_environment(_ENV)
     template = _ENV.from_string(tree)
-    helpers = dict(template.globals)  # Template.new_context would copy this ChainMap per profile
+    # Only the helpers the expressions name go in each profile's context (Template.new_context
+    # would copy every global per profile); a column named like a helper still hides it.
+    names = meta.find_undeclared_variables(tree)
+    helpers = {name: value for name, value in template.globals.items() if name in names}
     render, context_class = template.root_render_func, _ENV.context_class
 
     def evaluate(profile: Mapping[str, Any]) -> list[Any]:
-        context = context_class(_ENV, {**helpers, **profile}, None, {})
+        # Jinja only reads the parent (``in`` and ``[]``): the profile itself serves, uncopied.
+        parent = {**helpers, **profile} if helpers else cast(dict[str, Any], profile)
+        context = context_class(_ENV, parent, None, {})
         consume(render(context))
         values: list[Any] = context.vars["result"]
         return values
@@ -342,25 +347,45 @@ def _compile_all(expressions: list[str]) -> Callable[[Mapping[str, Any]], list[A
 
 
 class MappingTransform(PerRecord):
-    """Turns one profile into a flat payload ``{field path: value}``."""
+    """Turns one profile into a flat payload ``{field path: value}``.
+
+    A field whose expression is a bare column name (``phone: phone``, the most common kind) is
+    copied from the profile without going through Jinja; the other expressions are computed
+    together by one compiled template.
+    """
 
     def __init__(self, mapping: Mapping[str, str]) -> None:
-        self._fields = list(mapping)
         self._each = [
             (field, _ENV.compile_expression(expression, undefined_to_none=False))
             for field, expression in mapping.items()
         ]
-        self._all = _compile_all(list(mapping.values()))
+        trees = {field: _parse(expression) for field, expression in mapping.items()}
+        # (field, column): a bare name, read from the profile; (field, None): computed
+        self._plan = [
+            (field, tree.name if isinstance(tree, nodes.Name) else None) for field, tree in trees.items()
+        ]
+        computed = [
+            expression for field, expression in mapping.items() if not isinstance(trees[field], nodes.Name)
+        ]
+        self._all = _compile_all(computed) if computed else None
 
     def __call__(self, profile: Mapping[str, Any]) -> dict[str, Any]:
         try:
-            values = self._all(profile)
+            values = iter(self._all(profile) if self._all else ())
         except Exception:  # find the field that failed
             return self._one_by_one(profile)
-        for value in values:
-            if isinstance(value, Undefined):  # a bare missing name or unsafe attribute
+        payload: dict[str, Any] = {}
+        for field, column in self._plan:
+            if column is None:
+                value = next(values)
+                if isinstance(value, Undefined):  # a bare missing name or unsafe attribute
+                    return self._one_by_one(profile)
+            elif column in profile:
+                value = profile[column]
+            else:  # not a column (a helper's name, or a missing column): as Jinja reads it
                 return self._one_by_one(profile)
-        return dict(zip(self._fields, values, strict=True))
+            payload[field] = value
+        return payload
 
     def _one_by_one(self, profile: Mapping[str, Any]) -> dict[str, Any]:
         payload: dict[str, Any] = {}

@@ -6,15 +6,16 @@ normalised here, and a profile without one is rejected, never created blank.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from krenalis_airflow.core.records import Record, Rejection
+from krenalis_airflow.core.records import JsonlWriter, Record, Rejection, read_jsonl
 from krenalis_airflow.core.transform.base import Transformer
-from krenalis_airflow.core.transform.validate import output_problems, type_problems
+from krenalis_airflow.core.transform.validate import checked_payload, stripe_text
 from krenalis_airflow.exceptions import TransformError
 
-if TYPE_CHECKING:  # spec imports the mapping module, which uses stripe_value from here
+if TYPE_CHECKING:  # spec imports the mapping module, which imports validate
     from krenalis_airflow.core.spec import PipelineSpec
 
 STEP = "transform"
@@ -27,7 +28,7 @@ def normalise_match(stripe_field: str, value: Any) -> str:
     Surrounding spaces never count (the value written on create is trimmed too, so a trimmed
     and an untrimmed profile value must find the same customer); emails also ignore case.
     """
-    text = (value if isinstance(value, str) else _text(value)).strip()
+    text = (value if isinstance(value, str) else stripe_text(value)).strip()
     return text.lower() if stripe_field == "email" else text
 
 
@@ -46,7 +47,7 @@ def transform_profiles(
         if raw is None or (isinstance(raw, str) and not raw.strip()):
             yield from _finish(batch, spec, transformer)
             batch = []
-            key = _text(profile.get(spec.source.key))
+            key = stripe_text(profile.get(spec.source.key))
             yield Rejection(
                 key, STEP, "empty matching value", f"'{matching.property}' is empty; nothing to match on"
             )
@@ -58,6 +59,21 @@ def transform_profiles(
     yield from _finish(batch, spec, transformer)
 
 
+def transform_file(
+    profiles: IO[str], records: IO[str], rejections: IO[str], spec: PipelineSpec, transformer: Transformer
+) -> tuple[int, Counter[str]]:
+    """The transform step over JSONL files: the records written, and the rejections by kind."""
+    rejected: Counter[str] = Counter()
+    with JsonlWriter(records) as ok, JsonlWriter(rejections) as bad:
+        for item in transform_profiles(read_jsonl(profiles), spec, transformer):
+            if isinstance(item, Rejection):
+                rejected[item.kind] += 1
+                bad.write(item)
+            else:
+                ok.write(item)
+    return ok.count, rejected
+
+
 def _finish(
     batch: list[Mapping[str, Any]], spec: PipelineSpec, transformer: Transformer
 ) -> Iterator[Record | Rejection]:
@@ -65,27 +81,17 @@ def _finish(
         return
     matching = spec.export.matching
     for profile, result in zip(batch, transformer.transform_batch(batch), strict=True):
-        key = _text(profile.get(spec.source.key))
+        key = stripe_text(profile.get(spec.source.key))
         if isinstance(result, TransformError):
             yield Rejection(key, STEP, "transformation error", str(result))
             continue
         raw = profile[matching.property]
-        match_value = raw.strip() if isinstance(raw, str) else _text(raw)
-        payload, problems = _checked(result, _written_match(spec, match_value))
+        match_value = raw.strip() if isinstance(raw, str) else stripe_text(raw)
+        payload, problems = checked_payload(result, _written_match(spec, match_value))
         if problems:
             yield Rejection(key, STEP, "invalid output", "; ".join(problems))
             continue
         yield Record(key, normalise_match(matching.stripe, raw), match_value, payload)
-
-
-def _checked(result: Mapping[str, Any], match: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
-    """The coerced payload, and every reason Stripe would refuse it (with ``match``, which a
-    create writes too)."""
-    problems = type_problems(result)
-    if problems:
-        return {}, problems
-    payload = {path: stripe_value(path, value) for path, value in result.items()}
-    return payload, output_problems({**payload, **match})
 
 
 def _written_match(spec: PipelineSpec, match_value: str) -> dict[str, str]:
@@ -94,26 +100,3 @@ def _written_match(spec: PipelineSpec, match_value: str) -> dict[str, str]:
     if stripe_field == "id" or spec.export.mode == "update_only":
         return {}
     return {stripe_field: match_value}
-
-
-def stripe_value(path: str, value: Any) -> Any:
-    """Coerce a transformation output to what the Stripe API takes: strings, or a list for locales.
-
-    ``None`` and ``""`` both mean "clear this field".
-    """
-    if type(value) is str and path != "preferred_locales":  # the common case, first
-        return value or None
-    if value is None or value == "":
-        return None
-    if path == "preferred_locales":
-        items = value if isinstance(value, list | tuple) else [value]
-        return [_text(item) for item in items if item not in (None, "")]
-    return _text(value)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return "" if value is None else str(value)

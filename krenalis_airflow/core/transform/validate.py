@@ -2,12 +2,16 @@
 
 Every payload is checked before it is sent, whatever the language that produced it, so a bad
 value rejects one profile with a precise reason instead of failing a Stripe call later. Two
-passes, because coercion (``run.stripe_value``) hides types:
+passes, because coercion (``stripe_value``) hides types:
 
 * ``type_problems`` looks at the raw output: a list or a dict where text is expected would
   otherwise be sent as its Python ``repr``;
 * ``output_problems`` looks at the coerced flat payload (text, ``None`` for "clear", a list of
   text for ``preferred_locales``): fields, lengths, formats, metadata limits.
+
+``checked_payload`` coerces and does both in one pass, as the transform step needs for every
+record: each field's rule is built once per path, and text within a plain length limit (most
+values) passes without a call.
 
 Limits, as stated by Stripe's OpenAPI spec (``stripe/openapi``, ``latest/openapi.spec3.json``,
 ``POST /v1/customers`` and ``POST /v1/customers/{customer}``, checked 2026): ``name`` 256,
@@ -48,6 +52,7 @@ METADATA_MAX_KEYS = 50
 METADATA_VALUE_MAX = 500
 TAX_EXEMPT = ("none", "exempt", "reverse")
 SHIPPING_REQUIRED = ("shipping.name", "shipping.address.line1")
+_SHIPPING_NAME, _SHIPPING_LINE1 = SHIPPING_REQUIRED
 
 # ISO 3166-1 alpha-2 (checked against tzdata's iso3166.tab, 249 codes), plus XK (Kosovo),
 # which Stripe accepts.
@@ -115,45 +120,145 @@ def _kind(value: Any) -> str:
 def output_problems(payload: Mapping[str, Any]) -> list[str]:
     """``"<field>: <problem>"`` for every way the coerced flat ``payload`` breaks Stripe's rules.
 
-    ``payload`` is what ``run.stripe_value`` produced: text, ``None`` (clear the field or delete
+    ``payload`` is what ``stripe_value`` produced: text, ``None`` (clear the field or delete
     the metadata key) or, for ``preferred_locales``, a list of text.
     """
-    problems = []
-    metadata_keys, shipping = 0, False
-    for path, value in payload.items():
-        check, group = _RULES.get(path) or _rule(path)
-        if (problem := check(value)) is not None:
+    return _field_problems(payload) + _payload_problems(payload)
+
+
+def checked_payload(
+    result: Mapping[str, Any], written: Mapping[str, str]
+) -> tuple[dict[str, Any], list[str]]:
+    """A transformation's output coerced to a payload (``stripe_value``), and every reason Stripe
+    would refuse it: ``type_problems(result)`` when there are any (with an empty payload), else
+    ``output_problems`` of the payload with ``written`` over it (the matching field a create
+    writes, which is checked in place of the payload's own value of that field).
+
+    Run for every record, so the common case is kept to a few operations: text that a field's
+    rule accepts on sight (``_Rule.fits``) is neither coerced nor checked by a call.
+    """
+    payload: dict[str, Any] = {}
+    problems: list[str] = []
+    wrong_types: list[str] = []
+    for path, value in result.items():
+        rule = _RULES.get(path)
+        if rule is None:
+            if type(path) is not str:
+                wrong_types.append(f"{path!r}: a field name must be text")
+                continue
+            rule = _rule(path)
+        if type(value) is str and path != "preferred_locales":
+            value = value or None  # stripe_value, inlined
+        else:
+            if value is not None and type(value) not in _PLAIN and (problem := _type_problem(path, value)):
+                wrong_types.append(f"{path}: {problem}")
+                continue
+            value = stripe_value(path, value)
+        payload[path] = value
+        if type(value) is str and (len(value) <= rule.limit or value in rule.known):  # rule.fits, inlined
+            continue
+        if path not in written and (problem := rule.check(value)) is not None:
             problems.append(f"{path}: {problem}")
-        if value is not None:
-            metadata_keys += group == "metadata"
-            shipping = shipping or group == "shipping"
-    if metadata_keys > METADATA_MAX_KEYS:
-        problems.append(f"metadata: {metadata_keys} keys; Stripe allows at most {METADATA_MAX_KEYS}")
-    if shipping:
-        problems += [
-            f"{path}: Stripe requires it whenever shipping is written"
-            for path in SHIPPING_REQUIRED
-            if path in payload and payload[path] is None
-        ]
+    if wrong_types:
+        return {}, wrong_types
+    for path, value in written.items():
+        rule = _RULES.get(path) or _rule(path)
+        if not rule.fits(value) and (problem := rule.check(value)) is not None:
+            problems.append(f"{path}: {problem}")
+    if (
+        len(payload) + len(written) > METADATA_MAX_KEYS
+        or _SHIPPING_NAME in payload
+        or _SHIPPING_LINE1 in payload
+    ):
+        problems += _payload_problems({**payload, **written})
+    return payload, problems
+
+
+def _field_problems(payload: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for path, value in payload.items():
+        if (problem := (_RULES.get(path) or _rule(path)).check(value)) is not None:
+            problems.append(f"{path}: {problem}")
     return problems
 
 
+def _payload_problems(payload: Mapping[str, Any]) -> list[str]:
+    """The rules about fields together: metadata key count, the parts shipping requires."""
+    problems = []
+    if len(payload) > METADATA_MAX_KEYS:  # else there cannot be too many metadata keys
+        keys = sum(
+            1 for path, value in payload.items() if value is not None and path.startswith(METADATA_PREFIX)
+        )
+        if keys > METADATA_MAX_KEYS:
+            problems.append(f"metadata: {keys} keys; Stripe allows at most {METADATA_MAX_KEYS}")
+    cleared = [path for path in SHIPPING_REQUIRED if path in payload and payload[path] is None]
+    if cleared and any(value is not None and path.startswith("shipping.") for path, value in payload.items()):
+        problems += [f"{path}: Stripe requires it whenever shipping is written" for path in cleared]
+    return problems
+
+
+def stripe_value(path: str, value: Any) -> Any:
+    """Coerce a transformation output to what the Stripe API takes: strings, or a list for locales.
+
+    ``None`` and ``""`` both mean "clear this field".
+    """
+    if type(value) is str and path != "preferred_locales":  # the common case, first
+        return value or None
+    if value is None or value == "":
+        return None
+    if path == "preferred_locales":
+        items = value if isinstance(value, list | tuple) else [value]
+        return [stripe_text(item) for item in items if item not in (None, "")]
+    return stripe_text(value)
+
+
+def stripe_text(value: Any) -> str:
+    """A scalar as Stripe receives it: booleans as true/false, whole floats without ``.0``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return "" if value is None else str(value)
+
+
 Check = Callable[[Any], "str | None"]
-_RULES: dict[str, tuple[Check, str]] = {}
 
 
-def _rule(path: str) -> tuple[Check, str]:
-    """How to check the value of ``path``, and the group it counts in; memoised per path."""
+class _Rule:
+    """How a field's value is checked: ``check`` gives the problem with a coerced value, or
+    None; ``fits`` tells, without a call, that a text value has none (within ``limit``
+    characters, or one of ``known``)."""
+
+    __slots__ = ("check", "known", "limit")
+
+    def __init__(self, check: Check, limit: int = -1, known: frozenset[str] = frozenset()) -> None:
+        self.check, self.limit, self.known = check, limit, known
+
+    def fits(self, value: str) -> bool:
+        return len(value) <= self.limit or value in self.known
+
+
+_RULES: dict[str, _Rule] = {}
+
+
+def _rule(path: str) -> _Rule:
+    """How to check the value of ``path``; memoised per path."""
     unknown = field_problem(path)
     if unknown is not None:
-        rule: tuple[Check, str] = ((lambda _value: unknown), "")
+        rule = _Rule(lambda _value: unknown)
     elif path == "preferred_locales":
-        rule = (_locales_problem, "")
+        rule = _Rule(_locales_problem)
     elif path.startswith(METADATA_PREFIX):
-        rule = (_length_rule(METADATA_VALUE_MAX, " in a metadata value"), "metadata")
+        rule = _Rule(_length_rule(METADATA_VALUE_MAX, " in a metadata value"), METADATA_VALUE_MAX)
+    elif path in ("address.country", "shipping.address.country"):
+        rule = _Rule(_CHECKS[path], known=COUNTRIES)
+    elif path == "tax_exempt":
+        rule = _Rule(_CHECKS[path], known=frozenset(TAX_EXEMPT))
+    elif path in _CHECKS:
+        rule = _Rule(_CHECKS[path])
     else:
-        check = _CHECKS.get(path) or _length_rule(MAX_LENGTH.get(path, ADDRESS_PART_MAX))
-        rule = (check, "shipping" if path.startswith("shipping.") else "")
+        limit = MAX_LENGTH.get(path, ADDRESS_PART_MAX)
+        rule = _Rule(_length_rule(limit), limit)
     if len(_RULES) < 10_000:  # paths come from a mapping, or from code that could invent many
         _RULES[path] = rule
     return rule
