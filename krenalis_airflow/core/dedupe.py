@@ -1,13 +1,17 @@
 """Duplicate profiles: several selected profiles share one matching value.
 
-Three streaming passes over the records, holding one integer per record:
+Streaming passes over the records, holding one integer per record:
 
-1. the 64-bit hash of every matching value, sorted to find the hashes seen twice;
-2. for the records with such a hash only, their exact matching values and keys (a hash collision
-   is told apart here, so it never makes a false duplicate);
-3. the records again, each kept or rejected (``Duplicates.rejection``).
+1. the 64-bit hash of every matching value, sorted to find the hashes seen twice (*suspects*);
+2. ``reject`` only: for the records with a suspect hash, their exact matching values and keys
+   (a hash collision is told apart here, so it never makes a false duplicate);
+3. the records again, each kept or rejected (``Duplicates.rejection``, called in file order).
 
-Passes 1 and 2 need only each record's key and matching value (``find_duplicates``); the dedupe
+``keep_first`` needs no second pass: in the last one, the first record of a suspect value is
+kept and remembered, and the later ones are rejected naming it. ``reject`` must know every
+profile of a value before the first one goes out, hence its second pass.
+
+The passes need only each record's key and matching value (``find_duplicates``); the dedupe
 step reads just those two from each line and copies the lines it keeps unchanged.
 
 ``reject`` rejects every profile of a duplicated value (naming the others); ``keep_first`` keeps
@@ -43,23 +47,31 @@ K = TypeVar("K", bound=Keyed)
 
 
 class Duplicates:
-    """The keys of every shared matching value, and the verdict on each record."""
+    """The verdict on each record of the last pass; ``rejection`` must be called once per record,
+    in file order (``keep_first`` remembers the first record of each suspect value as it goes)."""
 
-    def __init__(self, groups: dict[str, list[str]], policy: Policy, stripe_field: str) -> None:
-        self.groups = groups
+    def __init__(
+        self, suspects: set[int], groups: dict[str, list[str]], policy: Policy, stripe_field: str
+    ) -> None:
+        self.suspects = suspects
+        self.groups = groups  # reject: every key of each shared value
+        self.first: dict[str, str] = {}  # keep_first: the key kept for each suspect value seen
         self.policy = policy
         self.stripe_field = stripe_field
 
     def rejection(self, key: str, match: str) -> Rejection | None:
         """None when the record is kept; else why it is not."""
-        keys = self.groups.get(match)
-        if keys is None or len(keys) == 1:
+        if not self.suspects or hash(match) & MASK not in self.suspects:
             return None
         if self.policy == "keep_first":
-            if keys[0] == key:
+            first = self.first.setdefault(match, key)
+            if first == key:
                 return None
-            reason = f"{self.stripe_field} {match!r} is also on profile {keys[0]}, kept first"
+            reason = f"{self.stripe_field} {match!r} is also on profile {first}, kept first"
             return Rejection(key, STEP, KIND, reason)
+        keys = self.groups.get(match, ())
+        if len(keys) <= 1:
+            return None
         shared = [k for k in keys if k != key]
         listed = ", ".join(shared[:SHOWN]) + (
             f" and {len(shared) - SHOWN} more" if len(shared) > SHOWN else ""
@@ -69,19 +81,19 @@ class Duplicates:
 
 
 def find_duplicates(records: Callable[[], Iterable[Keyed]], policy: Policy, stripe_field: str) -> Duplicates:
-    """Passes 1 and 2. ``records`` is called twice when some hash repeats, else once."""
+    """Pass 1, and pass 2 when the policy is ``reject`` and some hash repeats."""
     suspects = _repeated_hashes(records())
     groups: dict[str, list[str]] = {}
-    if suspects:
+    if suspects and policy == "reject":
         for record in records():
             if hash(record.match) & MASK in suspects:
                 groups.setdefault(record.match, []).append(record.key)
-    return Duplicates(groups, policy, stripe_field)
+    return Duplicates(suspects, groups, policy, stripe_field)
 
 
 def dedupe(records: Callable[[], Iterable[K]], policy: Policy, stripe_field: str) -> Iterator[K | Rejection]:
     """Yield each record, or a Rejection for the duplicates. ``records`` is called three times
-    (twice when no hash repeats)."""
+    with ``reject`` and some hash repeated, else twice."""
     duplicates = find_duplicates(records, policy, stripe_field)
     for record in records():
         yield duplicates.rejection(record.key, record.match) or record
@@ -97,7 +109,7 @@ def dedupe_file(
     """The dedupe step over JSONL files: ``(kept, rejected)`` counts.
 
     Only the key and the matching value of each line are decoded; kept lines are copied as
-    they are. ``open_records`` opens the records file (three times).
+    they are. ``open_records`` opens the records file (two or three times, as ``dedupe``).
     """
 
     def keys() -> Iterator[Keys]:

@@ -58,33 +58,47 @@ _KEYS = msgspec.json.Decoder(Keys)
 
 
 class JsonlWriter:
-    """Writes items one by one, encoding them a chunk at a time; ``count`` is what was written.
+    """Writes items (encoded a chunk at a time) and ready lines, in order, to a text stream.
 
-    Use it as a context manager (or call ``flush``): items still in the buffer are written on
-    exit, only when the block succeeded.
+    Use it as a context manager (or call ``flush``): what is still buffered is written on exit,
+    only when the block succeeded. ``count`` is the number of lines written.
     """
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
         self.count = 0
-        self._buffer: list[Item] = []
+        self._items: list[Item] = []
+        self._text: list[str] = []  # encoded chunks and copied lines, in order
+        self._lines = 0  # lines in _text
 
     def write(self, item: Item) -> None:
-        self._buffer.append(item)
-        if len(self._buffer) >= LINES_PER_CALL:
+        self._items.append(item)
+        if len(self._items) >= LINES_PER_CALL:
+            self._encode()
             self.flush()
 
     def write_line(self, line: str) -> None:
         """Copy a line already encoded (as read by ``read_keyed_lines``), as is."""
-        self.flush()
-        self.stream.write(line if line.endswith("\n") else line + "\n")
-        self.count += 1
+        if self._items:
+            self._encode()
+        self._text.append(line if line.endswith("\n") else line + "\n")
+        self._lines += 1
+        if self._lines >= LINES_PER_CALL:
+            self.flush()
+
+    def _encode(self) -> None:
+        self._text.append(_ENCODER.encode_lines(self._items).decode())
+        self._lines += len(self._items)
+        self._items.clear()
 
     def flush(self) -> None:
-        if self._buffer:
-            self.stream.write(_ENCODER.encode_lines(self._buffer).decode())
-            self.count += len(self._buffer)
-            self._buffer.clear()
+        if self._items:
+            self._encode()
+        if self._text:
+            self.stream.write("".join(self._text))
+            self.count += self._lines
+            self._text.clear()
+            self._lines = 0
 
     def __enter__(self) -> JsonlWriter:
         return self

@@ -447,6 +447,27 @@ def test_checked_payload_agrees_with_type_problems_then_output_problems(
     )
 
 
+SAMPLES: list[Any] = [
+    *["", " ", "IT", "it", "UK", "none", "exempt", "en-GB", "a@b.co", "a@b", "+39 02 1234"],
+    *["x" * n for n in (20, 21, 256, 257, 350, 351, 500, 501, 512, 513, 5000, 5001)],
+    *[None, 0, 7, -3, True, False, 1.5, 2.0, -0.0, math.inf, math.nan, Decimal("2.50"), date(2026, 1, 2)],
+    *[["en", "it"], ["x"], [], ("fr",), [1.5], {"a": 1}, {"x"}],
+]
+
+
+@pytest.mark.parametrize("written", [{}, {"email": "a@b.co"}, {"email": "not an email"}], ids=str)
+def test_checked_payload_agrees_with_its_definition_on_every_path_and_kind_of_value(
+    written: dict[str, str],
+) -> None:
+    for path in PATHS:
+        for value in SAMPLES:
+            payload, problems = checked_payload({path: value}, written)
+            expected_payload, expected_problems = checked_by_definition({path: value}, written)
+            assert sorted(problems) == sorted(expected_problems), (path, value)
+            if not (isinstance(value, float) and math.isnan(value)):
+                assert payload == expected_payload, (path, value)
+
+
 def test_checked_payload_coerces_like_stripe_value_and_checks_the_written_match() -> None:
     result = {"name": "", "metadata.ltv": 250.0, "metadata.vip": True, "metadata.day": date(2026, 1, 2)}
     payload, problems = checked_payload(result, {"email": "not an email"})

@@ -81,7 +81,9 @@ def _finish(
         return
     matching = spec.export.matching
     for profile, result in zip(batch, transformer.transform_batch(batch), strict=True):
-        key = stripe_text(profile.get(spec.source.key))
+        key = profile.get(spec.source.key)
+        if type(key) is not str:
+            key = stripe_text(key)
         if isinstance(result, TransformError):
             yield Rejection(key, STEP, "transformation error", str(result))
             continue

@@ -147,10 +147,13 @@ def checked_payload(
                 wrong_types.append(f"{path!r}: a field name must be text")
                 continue
             rule = _rule(path)
-        if type(value) is str and path != "preferred_locales":
-            value = value or None  # stripe_value, inlined
+        kind = type(value)  # stripe_value, inlined for text and numbers
+        if kind is str and path != "preferred_locales":
+            value = value or None
+        elif kind is float and path != "preferred_locales" and math.isfinite(value):
+            value = str(int(value)) if value.is_integer() else str(value)
         else:
-            if value is not None and type(value) not in _PLAIN and (problem := _type_problem(path, value)):
+            if value is not None and kind not in _PLAIN and (problem := _type_problem(path, value)):
                 wrong_types.append(f"{path}: {problem}")
                 continue
             value = stripe_value(path, value)
