@@ -63,7 +63,9 @@ def to_params(payload: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
     """Turn a flat payload into nested Stripe params.
 
     On create, ``None`` values are simply omitted. On update, ``None`` becomes ``""``, which is
-    how the Stripe API unsets a field or deletes a metadata key.
+    how the Stripe API unsets a field or deletes a metadata key; an address or shipping hash
+    whose every part is cleared is sent as ``""`` whole. Stripe refuses ``shipping[name]=""``
+    (a shipping hash must have a name): ``shipping=""`` is how it is removed.
     """
     params: dict[str, Any] = {}
     for path, value in payload.items():
@@ -76,7 +78,16 @@ def to_params(payload: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
+    for group in GROUPS:
+        if group in params and _all_cleared(params[group]):
+            params[group] = ""
     return params
+
+
+def _all_cleared(node: Any) -> bool:
+    if isinstance(node, dict):
+        return all(_all_cleared(value) for value in node.values())
+    return node == ""
 
 
 def read_path(customer: Mapping[str, Any], path: str) -> Any:

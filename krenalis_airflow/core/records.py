@@ -45,7 +45,7 @@ class Keys(msgspec.Struct, frozen=True):
 
 
 LINES_PER_CALL = 1000
-READ_HINT = 1 << 18  # bytes of lines read per chunk
+READ_SIZE = 1 << 18  # characters read at a time
 
 Item = Record | Rejection | dict[str, Any]
 T = TypeVar("T")
@@ -119,25 +119,40 @@ def write_jsonl(stream: IO[str], items: Iterable[Item]) -> int:
     return count
 
 
+def _blocks(stream: IO[str]) -> Iterator[tuple[str, int]]:
+    """Text of whole lines, read about ``READ_SIZE`` characters at a time, with the number of
+    its first line. Never split into lines: ``decode_lines`` takes the block as it is."""
+    rest, number = "", 1
+    while block := stream.read(READ_SIZE):
+        block = rest + block
+        cut = block.rfind("\n") + 1
+        if not cut:  # no line ends in this block yet
+            rest = block
+            continue
+        text, rest = block[:cut], block[cut:]
+        yield text, number
+        number += text.count("\n")
+    if rest:
+        yield rest, number
+
+
 def _decoded(stream: IO[str], decoder: msgspec.json.Decoder[T]) -> Iterator[T]:
-    """Whole lines are read a chunk at a time (blank lines are skipped by ``decode_lines``)."""
-    before = 0  # lines read before this chunk
-    while lines := stream.readlines(READ_HINT):
-        yield from _decode(decoder, lines, before)
-        before += len(lines)
+    for text, number in _blocks(stream):
+        yield from _decode(decoder, text, number)
 
 
-def _decode(decoder: msgspec.json.Decoder[T], lines: list[str], before: int) -> list[T]:
+def _decode(decoder: msgspec.json.Decoder[T], text: str, number: int) -> list[T]:
+    """Blank lines are skipped; a bad line is named (the error of a block only has an index)."""
     try:
-        return decoder.decode_lines("".join(lines))
-    except msgspec.MsgspecError:  # name the line: the chunk's error only has an index
-        for number, line in enumerate(lines, before + 1):
+        return decoder.decode_lines(text)
+    except msgspec.MsgspecError:
+        for index, line in enumerate(text.split("\n"), number):
             try:
-                if not line.isspace():
+                if line and not line.isspace():
                     decoder.decode(line)
             except msgspec.MsgspecError as exc:
                 raise ValueError(
-                    f"line {number} of a file between steps: {exc}: {line.strip()[:200]!r}"
+                    f"line {index} of a file between steps: {exc}: {line.strip()[:200]!r}"
                 ) from exc
         raise
 
@@ -156,10 +171,10 @@ def read_rejections(stream: IO[str]) -> Iterator[Rejection]:
 
 def read_keyed_lines(stream: IO[str]) -> Iterator[tuple[Keys, str]]:
     """Each record line with its key and matching value, for a step that copies lines unchanged."""
-    before = 0
-    while lines := stream.readlines(READ_HINT):
-        found = _decode(_KEYS, lines, before)
-        before += len(lines)
+    number = 1
+    while lines := stream.readlines(READ_SIZE):
+        found = _decode(_KEYS, "".join(lines), number)
+        number += len(lines)
         if len(found) < len(lines):
             lines = [line for line in lines if not line.isspace()]
         yield from zip(found, lines, strict=True)

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 
+from krenalis_airflow.core import records as module
 from krenalis_airflow.core.records import (
     LINES_PER_CALL,
     JsonlWriter,
@@ -99,3 +100,18 @@ def test_writer_does_not_flush_when_the_block_fails() -> None:
         writer.write(Record("a", "m", "M"))
         raise RuntimeError("the step failed")
     assert stream.getvalue() == ""
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 1 << 18])
+def test_lines_that_straddle_read_blocks_are_whole(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    monkeypatch.setattr(module, "READ_SIZE", size)
+    items = [Record(f"p{i}", f"u{i}", f"U{i}", {"name": "é\u2028" * i}) for i in range(30)]
+    stream = io.StringIO()
+    write_jsonl(stream, items)
+    text = stream.getvalue()
+    assert list(read_records(io.StringIO(text))) == items
+    assert list(read_records(io.StringIO(text.rstrip("\n")))) == items  # no newline at the end
+    assert [keys.key for keys, _line in read_keyed_lines(io.StringIO(text))] == [r.key for r in items]
+    broken = text.replace('"key":"p17"', '"key":17')
+    with pytest.raises(ValueError, match=r"^line 18 of a file between steps: Expected `str`, got `int`"):
+        list(read_records(io.StringIO(broken)))

@@ -246,6 +246,33 @@ def test_partial_address_keeps_the_parts_the_pipeline_does_not_write(sync, strip
     assert (address["line1"], address["city"], address["country"]) == ("Via Roma 1", "Roma", "IT")
 
 
+def test_shipping_is_written_then_removed_whole(sync, stripe_client) -> None:
+    """Stripe refuses shipping[name]="": clearing every part must send shipping="" instead."""
+    shipping = {
+        "shipping.name": "Ada",
+        "shipping.phone": "+39 06 1234",
+        "shipping.address.line1": "1 Via Roma",
+        "shipping.address.city": "Rome",
+    }
+    created = sync([record("p1", "ada@example.com", **shipping)])
+    assert created.created == 1, created.rejections
+    stored = by_email(stripe_client)["ada@example.com"]["shipping"]
+    assert (stored["name"], stored["phone"], stored["address"]["city"]) == ("Ada", "+39 06 1234", "Rome")
+
+    moved = sync([record("p1", "ada@example.com", **{**shipping, "shipping.address.city": "Milan"})])
+    assert moved.updated == 1, moved.rejections
+    stored = by_email(stripe_client)["ada@example.com"]["shipping"]
+    assert (stored["name"], stored["address"]["line1"], stored["address"]["city"]) == (
+        "Ada",
+        "1 Via Roma",
+        "Milan",
+    )
+
+    cleared = sync([record("p1", "ada@example.com", **dict.fromkeys(shipping))])
+    assert (cleared.updated, cleared.rejections, cleared.failed) == (1, [], 0)
+    assert by_email(stripe_client)["ada@example.com"]["shipping"] is None
+
+
 def test_an_update_sends_only_the_units_that_changed(sync, stripe_client) -> None:
     payload = {"name": "Ada", "phone": "+39 1", "address.city": "Milano", "metadata.plan": "pro"}
     sync([record("p1", "ada@example.com", **payload)])

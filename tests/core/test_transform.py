@@ -766,13 +766,31 @@ def test_to_params_on_create_omits_none() -> None:
 
 
 def test_to_params_on_update_sends_empty_string_for_none() -> None:
-    payload = {"name": "Ada", "phone": None, "metadata.plan": None, "address.city": None}
+    payload = {
+        "name": "Ada",
+        "phone": None,
+        "metadata.plan": None,
+        "address.city": None,
+        "address.line1": "1 Main",
+    }
     assert to_params(payload, creating=False) == {
         "name": "Ada",
         "phone": "",
         "metadata": {"plan": ""},
-        "address": {"city": ""},
+        "address": {"city": "", "line1": "1 Main"},
     }
+
+
+def test_to_params_on_update_removes_a_wholly_cleared_hash_whole() -> None:
+    payload = {
+        "shipping.name": None,
+        "shipping.address.line1": None,
+        "shipping.address.city": None,
+        "address.city": None,
+        "metadata.plan": None,
+    }
+    assert to_params(payload, creating=False) == {"shipping": "", "address": "", "metadata": {"plan": ""}}
+    assert to_params(payload, creating=True) == {}
 
 
 def test_to_params_nests_address_and_shipping_paths() -> None:

@@ -18,9 +18,11 @@ Differences from stock ``localstripe`` 1.15.10 (``python -m localstripe``):
   ``Store.try_load_from_disk`` are replaced by no-ops.
 * ``POST /v1/customers`` accepts ``shipping`` like Stripe does (stock answers 400
   "Unexpected shipping" although ``Customer`` has a ``shipping`` attribute and accepts it on
-  update). Shape checked: ``{"name": str, "address": {line1, line2, city, state, postal_code,
-  country: str}, "phone": str}`` with ``name`` and ``address`` required. The ``customer.created``
-  event (only visible through webhooks) still shows ``shipping: null``.
+  update). Shape checked on create and on update (stock stores anything on update):
+  ``{"name": str, "address": {line1, line2, city, state, postal_code, country: str}, "phone":
+  str}`` with ``name`` (not empty) and ``address`` required, as in Stripe's API; ``shipping=""``
+  removes it (stored as null, as Stripe shows it). The ``customer.created`` event (only visible
+  through webhooks) still shows ``shipping: null``.
 * ``--exit-on-stdin-eof`` makes the server stop when its stdin closes, so a test process that
   dies without cleaning up does not leave a server behind.
 
@@ -63,6 +65,13 @@ def _checked_shipping(shipping: Any) -> dict[str, Any] | None:
     """Validate ``shipping`` as Stripe does for customers; raise localstripe's 400 otherwise."""
     if shipping is None or shipping == "":  # Stripe: an empty string means "no shipping".
         return None
+    if isinstance(shipping, dict) and shipping.get("name") == "":
+        raise UserError(
+            400,
+            "You passed an empty string for 'shipping[name]', which cannot be unset; "
+            "send shipping='' to remove the shipping details",
+            {"param": "shipping[name]"},
+        )
     valid = (
         isinstance(shipping, dict)
         and set(shipping) <= _SHIPPING_KEYS
@@ -77,8 +86,8 @@ def _checked_shipping(shipping: Any) -> dict[str, Any] | None:
     return dict(shipping)
 
 
-def accept_shipping_on_customer_create() -> None:
-    """Let ``POST /v1/customers`` take ``shipping`` (see the module docstring)."""
+def shipping_like_stripe() -> None:
+    """Let ``POST /v1/customers`` take ``shipping``, and check it on update (see the module docstring)."""
     stock_create = resources.Customer._api_create.__func__
 
     def create(cls: type, shipping: Any = None, **data: Any) -> Any:
@@ -88,6 +97,15 @@ def accept_shipping_on_customer_create() -> None:
         return customer
 
     resources.Customer._api_create = classmethod(create)
+
+    stock_update = resources.Customer._api_update.__func__
+
+    def update(cls: type, id: str, **data: Any) -> Any:
+        if "shipping" in data:
+            data["shipping"] = _checked_shipping(data["shipping"])
+        return stock_update(cls, id, **data)
+
+    resources.Customer._api_update = classmethod(update)
 
 
 def _bind(port: int) -> socket.socket:
@@ -144,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     disable_persistence()
-    accept_shipping_on_customer_create()
+    shipping_like_stripe()
     asyncio.run(serve(args.port, quiet=args.quiet, exit_on_stdin_eof=args.exit_on_stdin_eof))
 
 
