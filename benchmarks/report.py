@@ -355,7 +355,7 @@ def _local_sections(context: Context, stages: Sequence[StageResult]) -> list[str
         f"## Local stages: {context.local_rows:,} profiles from SQLite"
         + (f", {context.pg_rows:,} from PostgreSQL" if pg else ""),
         "",
-        "Each stage ran in a process of its own, calling the step code of `operators/steps.py` in order and "
+        "Each stage ran in a process of its own, calling the core functions the tasks of `operators/steps.py` call, in order, and "
         "streaming through JSONL files; rates are rows per second of wall time and of CPU time (the stage "
         "process plus its JavaScript workers: one core). Peak RSS is the process's high-water mark (`VmHWM`; not `ru_maxrss`, which Linux carries over from the parent across `exec`); "
         f"`idle` is an interpreter that only imported the core ({_mb(idle.rss) if idle else '?'}): every stage starts there. "

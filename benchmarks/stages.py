@@ -13,7 +13,7 @@ files where a task uses object storage, and streams through JSONL files as the t
   the rows into ``profiles.jsonl`` (one cursor, as ``steps.extract``; ``named_cursor`` reads the
   rows through a PostgreSQL server-side cursor instead);
 * transform: ``build_transformer`` + ``transform_file`` → ``records.jsonl`` and rejections;
-* dedupe: ``dedupe_file`` (three passes over ``records.jsonl``) → ``deduped.jsonl``;
+* dedupe: ``dedupe_file`` (two passes over ``records.jsonl`` with ``keep_first``) → ``deduped.jsonl``;
 * diff: ``Syncer.run`` against a SQLite ledger that already holds every record with its current
   payload hash, and an API stub that fails the stage if it is called (a rerun with nothing
   changed costs no call); ``diff_changed`` changes one record in a hundred and lets the stub answer
