@@ -42,6 +42,7 @@ from krenalis_airflow.core.transform.mapping import variables
 from krenalis_airflow.core.transform.run import transform_file
 from krenalis_airflow.exceptions import RetryableSyncError, SpecError, SpecProblem, TerminalSyncError
 from krenalis_airflow.hooks.stripe import StripeHook
+from krenalis_airflow.operators.storage import keep_files
 
 LOGGED_REJECTIONS = 100
 
@@ -222,6 +223,11 @@ def dedupe(run: StepRun) -> dict[str, Any]:
 
 def upsert(run: StepRun) -> dict[str, Any]:
     spec = run.spec
+    if not ObjectStoragePath(run.upstream["deduped"]).exists():
+        raise AirflowFailException(
+            f"{run.upstream['deduped']} is gone: a run's profile files are removed once its upsert "
+            "succeeds. To sync again, clear the whole DAG run (from extract), not the upsert task alone."
+        )
     # The SDK logs two INFO lines per request, and request/response bodies (personal data) at DEBUG.
     logging.getLogger("stripe").setLevel(logging.WARNING)
     stripe_hook = StripeHook(spec.destination.conn_id)
@@ -255,7 +261,7 @@ def upsert(run: StepRun) -> dict[str, Any]:
         elif not ledger.exists():
             store = EmptyLedger()  # a dry run creates nothing, not even the table
         result = Syncer(api, store, options).run(_reader(run.upstream["deduped"]))
-        summary = _summary(run, result)
+        summary = _summary(run, result, api.retried)
         outcome = _outcome(spec.export.rejection_limit(summary["extracted"]), summary)
         summary["outcome"] = outcome
         _report(run, summary)
@@ -265,9 +271,26 @@ def upsert(run: StepRun) -> dict[str, Any]:
         conn.close()
     if outcome != "success":
         # Transient failures: an Airflow retry resends just those. Rejections: fix the data first.
+        # The profile files stay for the retry, and for whoever looks into it.
         error = RetryableSyncError if result.failed else AirflowFailException
         raise error(f"{outcome}; see the summary above and {summary['rejection_files'][-1]}")
+    if not keep_files():
+        _remove_profile_files(run)
     return summary
+
+
+def _remove_profile_files(run: StepRun) -> None:
+    """Whole profiles (personal data) are not kept once Stripe and the ledger have what they need;
+    the summary and the rejection files stay."""
+    removed = []
+    for name in ("profiles", "records", "deduped"):
+        path = ObjectStoragePath(run.upstream[name])
+        if path.exists():
+            path.unlink()
+            removed.append(path.name)
+    run.log.info(
+        "Removed %s (set [krenalis] keep_files = true to keep them)", ", ".join(removed) or "nothing"
+    )
 
 
 def _rejections(paths: list[str]) -> Iterator[Rejection]:
@@ -292,7 +315,7 @@ def _record_history(run: StepRun, history: History, summary: dict[str, Any]) -> 
     history.record_run(run.run_id, run.upstream.get("started_at", ""), summary, summary["outcome"])
 
 
-def _summary(run: StepRun, result: SyncResult) -> dict[str, Any]:
+def _summary(run: StepRun, result: SyncResult, retried: Counter[str]) -> dict[str, Any]:
     up = run.upstream
     rejected = Counter(up["rejected"])
     rejections = run.file("rejected-upsert.jsonl")
@@ -316,6 +339,7 @@ def _summary(run: StepRun, result: SyncResult) -> dict[str, Any]:
         "skipped": dict(result.skipped),
         "failed": result.failed,
         "api_calls": dict(result.api_calls),
+        "retried": dict(retried),
         "samples": dict(result.samples),
         "rejection_files": [*up["rejection_files"], str(rejections)],
     }
@@ -337,6 +361,7 @@ def _report(run: StepRun, summary: dict[str, Any]) -> None:
         ("skipped", sum(summary["skipped"].values()), summary["skipped"] or ""),
         ("failed", summary["failed"], ""),
         ("Stripe API calls", sum(summary["api_calls"].values()), summary["api_calls"] or ""),
+        ("retried calls", sum(summary["retried"].values()), summary["retried"] or ""),
     ]
     title = f"Pipeline {summary['pipeline']}" + (" (DRY RUN: nothing written)" if run.dry_run else "")
     table = "\n".join(f"  {name:<18}{count:>8}  {detail}".rstrip() for name, count, detail in rows)

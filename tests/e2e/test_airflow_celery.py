@@ -202,7 +202,14 @@ def test_each_step_runs_on_another_worker_with_files_on_s3(cluster: Cluster) -> 
     folder = f"runs/{SAMPLE}/{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)}/"
     listed = cluster.s3.client().list_objects_v2(Bucket=BUCKET, Prefix=folder)
     names = {obj["Key"].removeprefix(folder) for obj in listed.get("Contents", [])}
-    assert {"profiles.jsonl", "records.jsonl", "deduped.jsonl", "summary.json"} <= names, names
+    # the rejections and the summary stay; whole profiles go once the upsert has succeeded
+    assert {
+        "rejected-transform.jsonl",
+        "rejected-dedupe.jsonl",
+        "rejected-upsert.jsonl",
+        "summary.json",
+    } <= names
+    assert not names & {"profiles.jsonl", "records.jsonl", "deduped.jsonl"}, names
     summary = api.xcom(SAMPLE, run_id, "upsert")
     body = cluster.s3.client().get_object(Bucket=BUCKET, Key=folder + "summary.json")["Body"].read()
     assert json.loads(body)["created"] == summary["created"] > 50

@@ -79,26 +79,31 @@ def _finish(
 ) -> Iterator[Record | Rejection]:
     if not batch:
         return
-    matching = spec.export.matching
+    key_column, matching = spec.source.key, spec.export.matching
+    written = _written_field(spec)
     for profile, result in zip(batch, transformer.transform_batch(batch), strict=True):
-        key = profile.get(spec.source.key)
+        key = profile.get(key_column)
         if type(key) is not str:
             key = stripe_text(key)
         if isinstance(result, TransformError):
             yield Rejection(key, STEP, "transformation error", str(result))
             continue
         raw = profile[matching.property]
-        match_value = raw.strip() if isinstance(raw, str) else stripe_text(raw)
-        payload, problems = checked_payload(result, _written_match(spec, match_value))
+        if type(raw) is str:
+            match_value = raw.strip()
+            match = match_value.lower() if matching.stripe == "email" else match_value  # normalise_match
+        else:
+            match_value, match = stripe_text(raw), normalise_match(matching.stripe, raw)
+        payload, problems = checked_payload(result, {written: match_value} if written else {})
         if problems:
             yield Rejection(key, STEP, "invalid output", "; ".join(problems))
             continue
-        yield Record(key, normalise_match(matching.stripe, raw), match_value, payload)
+        yield Record(key, match, match_value, payload)
 
 
-def _written_match(spec: PipelineSpec, match_value: str) -> dict[str, str]:
-    """The matched field as a create writes it; empty when this export never creates."""
+def _written_field(spec: PipelineSpec) -> str | None:
+    """The matched field, which a create writes too; None when this export never creates."""
     stripe_field = spec.export.matching.stripe
     if stripe_field == "id" or spec.export.mode == "update_only":
-        return {}
-    return {stripe_field: match_value}
+        return None
+    return stripe_field
