@@ -140,26 +140,40 @@ def checked_payload(
     payload: dict[str, Any] = {}
     problems: list[str] = []
     wrong_types: list[str] = []
+    rule_of = _RULES.get
     for path, value in result.items():
-        rule = _RULES.get(path)
+        rule = rule_of(path)
         if rule is None:
             if type(path) is not str:
                 wrong_types.append(f"{path!r}: a field name must be text")
                 continue
             rule = _rule(path)
-        kind = type(value)  # stripe_value, inlined for text and numbers
+        # stripe_value and rule.fits, inlined for text, null and numbers
+        kind = type(value)
         if kind is str and path != "preferred_locales":
-            value = value or None
-        elif kind is float and path != "preferred_locales" and math.isfinite(value):
-            value = str(int(value)) if value.is_integer() else str(value)
+            if value:
+                payload[path] = value
+                if len(value) <= rule.limit or value in rule.known:
+                    continue
+            else:
+                payload[path] = value = None
+                if rule.null_ok:
+                    continue
+        elif value is None:
+            payload[path] = None
+            if rule.null_ok:
+                continue
         else:
-            if value is not None and kind not in _PLAIN and (problem := _type_problem(path, value)):
+            if kind is float and path != "preferred_locales" and math.isfinite(value):
+                value = str(int(value)) if value.is_integer() else str(value)
+            elif kind not in _PLAIN and (problem := _type_problem(path, value)):
                 wrong_types.append(f"{path}: {problem}")
                 continue
-            value = stripe_value(path, value)
-        payload[path] = value
-        if type(value) is str and (len(value) <= rule.limit or value in rule.known):  # rule.fits, inlined
-            continue
+            else:
+                value = stripe_value(path, value)
+            payload[path] = value
+            if type(value) is str and rule.fits(value):
+                continue
         if path not in written and (problem := rule.check(value)) is not None:
             problems.append(f"{path}: {problem}")
     if wrong_types:
@@ -230,12 +244,14 @@ Check = Callable[[Any], "str | None"]
 class _Rule:
     """How a field's value is checked: ``check`` gives the problem with a coerced value, or
     None; ``fits`` tells, without a call, that a text value has none (within ``limit``
-    characters, or one of ``known``)."""
+    characters, or one of ``known``); ``null_ok``, that null (clear the field) has none."""
 
-    __slots__ = ("check", "known", "limit")
+    __slots__ = ("check", "known", "limit", "null_ok")
 
-    def __init__(self, check: Check, limit: int = -1, known: frozenset[str] = frozenset()) -> None:
-        self.check, self.limit, self.known = check, limit, known
+    def __init__(
+        self, check: Check, limit: int = -1, known: frozenset[str] = frozenset(), null_ok: bool = True
+    ) -> None:
+        self.check, self.limit, self.known, self.null_ok = check, limit, known, null_ok
 
     def fits(self, value: str) -> bool:
         return len(value) <= self.limit or value in self.known
@@ -248,7 +264,7 @@ def _rule(path: str) -> _Rule:
     """How to check the value of ``path``; memoised per path."""
     unknown = field_problem(path)
     if unknown is not None:
-        rule = _Rule(lambda _value: unknown)
+        rule = _Rule(lambda _value: unknown, null_ok=False)
     elif path == "preferred_locales":
         rule = _Rule(_locales_problem)
     elif path.startswith(METADATA_PREFIX):
