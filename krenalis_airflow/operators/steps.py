@@ -228,6 +228,7 @@ def upsert(run: StepRun) -> dict[str, Any]:
             f"{run.upstream['deduped']} is gone: a run's profile files are removed once its upsert "
             "succeeds. To sync again, clear the whole DAG run (from extract), not the upsert task alone."
         )
+    keep = keep_files()  # a bad setting fails here, before anything is sent
     # The SDK logs two INFO lines per request, and request/response bodies (personal data) at DEBUG.
     logging.getLogger("stripe").setLevel(logging.WARNING)
     stripe_hook = StripeHook(spec.destination.conn_id)
@@ -274,7 +275,7 @@ def upsert(run: StepRun) -> dict[str, Any]:
         # The profile files stay for the retry, and for whoever looks into it.
         error = RetryableSyncError if result.failed else AirflowFailException
         raise error(f"{outcome}; see the summary above and {summary['rejection_files'][-1]}")
-    if not keep_files():
+    if not keep:
         _remove_profile_files(run)
     return summary
 
@@ -285,9 +286,12 @@ def _remove_profile_files(run: StepRun) -> None:
     removed = []
     for name in ("profiles", "records", "deduped"):
         path = ObjectStoragePath(run.upstream[name])
-        if path.exists():
-            path.unlink()
-            removed.append(path.name)
+        try:
+            if path.exists():
+                path.unlink()
+                removed.append(path.name)
+        except OSError as exc:  # the sync succeeded: say what is left, do not fail the task for it
+            run.log.warning("Could not remove %s (whole profiles are left there): %s", path, exc)
     run.log.info(
         "Removed %s (set [krenalis] keep_files = true to keep them)", ", ".join(removed) or "nothing"
     )

@@ -110,3 +110,14 @@ def test_a_bad_keep_files_setting_names_itself(monkeypatch: pytest.MonkeyPatch) 
         ValueError, match=r"KRENALIS_KEEP_FILES / \[krenalis\] keep_files must be true or false"
     ):
         keep_files()
+
+
+def test_a_bad_keep_files_setting_fails_the_upsert_before_anything_is_sent(
+    run_steps, monkeypatch: pytest.MonkeyPatch, stripe_client
+) -> None:
+    run, _ = run_steps()
+    monkeypatch.setenv("KRENALIS_KEEP_FILES", "sometimes")
+    with pytest.raises(ValueError, match="keep_files must be true or false"):
+        steps.upsert(run)
+    assert stripe_client.v1.customers.list(params={"limit": 1}).data == []
+    assert names(run) >= PROFILE_FILES
