@@ -385,8 +385,8 @@ def _local_sections(context: Context, stages: Sequence[StageResult]) -> list[str
         lines += [
             "",
             f"PostgreSQL, {context.pg_rows:,} profiles (`numeric`, `boolean` and `timestamptz` columns, converted by "
-            "`json_value`). The step reads with a plain cursor, which psycopg fills with the whole result at "
-            "`execute`; the server-side cursor streams it `fetchmany` by `fetchmany`.",
+            "`json_value`). A plain cursor gets the whole result from psycopg at `execute`; the step reads "
+            "through a server-side cursor, which streams it `fetchmany` by `fetchmany`.",
             "",
             "| stage | rows | rows/s (wall) | rows/s (CPU) | peak RSS |",
             "|---|--:|--:|--:|--:|",

@@ -425,7 +425,7 @@ def sqlite_pipeline(size: int, folder: Path, log: Callable[[str], None]) -> list
 
 
 def postgres_pipeline(size: int, dsn: str, folder: Path, log: Callable[[str], None]) -> list[StageResult]:
-    """Extract ``size`` profiles from PostgreSQL: a plain cursor (as the step) and a named one."""
+    """Extract ``size`` profiles from PostgreSQL: a plain cursor, and a named one (as the step)."""
     import psycopg2
 
     schema = f"krenalis_bench_{os.getpid()}"
