@@ -30,8 +30,8 @@ from krenalis_airflow.core.extract import (
 )
 from krenalis_airflow.core.spec import Source
 from krenalis_airflow.exceptions import SpecError
+from tests.core.warehouses import PG_DSN, pg_connect
 
-PG_DSN = "host=127.0.0.1 dbname=test user=postgres"
 COLUMNS = ["id", "email", "plan", "orders", "updated_at"]
 ROWS: list[tuple[Any, ...]] = [
     (1, "a@x.com", "free", 3, "2024-03-01 00:00:00"),
@@ -70,19 +70,6 @@ class Backend:
         """Probe the source, then extract it, the way the operator does."""
         extraction = self.extraction(source, group, order)
         return [row["id"] for row in iter_rows(self.conn.cursor(), extraction.sql, extraction.params)]
-
-
-def pg_connect(driver: str) -> Any:
-    if driver == "psycopg2":
-        import psycopg2
-
-        conn = psycopg2.connect(PG_DSN)
-    else:
-        import psycopg
-
-        conn = psycopg.connect(PG_DSN)
-    conn.autocommit = True
-    return conn
 
 
 def _fill(conn: Any, placeholder: str, table: str, ts_type: str) -> None:

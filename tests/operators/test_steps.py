@@ -18,6 +18,8 @@ from krenalis_airflow.core.sample_data import write_sqlite_warehouse
 from krenalis_airflow.core.spec import load_spec
 from krenalis_airflow.operators import steps
 from krenalis_airflow.operators.storage import keep_files
+from tests.support.fault_proxy import FaultProxy
+from tests.support.localstripe_process import STRIPE_TEST_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "dags" / "pipelines" / "sample_customers.yaml"
@@ -121,3 +123,17 @@ def test_a_bad_keep_files_setting_fails_the_upsert_before_anything_is_sent(
         steps.upsert(run)
     assert stripe_client.v1.customers.list(params={"limit": 1}).data == []
     assert names(run) >= PROFILE_FILES
+
+
+def test_the_summary_counts_the_calls_retried_after_transient_errors(
+    run_steps, fault_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, _ = run_steps()
+    conn = {"conn_type": "stripe", "password": STRIPE_TEST_KEY, "host": fault_proxy.url}
+    monkeypatch.setenv("AIRFLOW_CONN_STRIPE_DEFAULT", json.dumps(conn))
+    fault_proxy.burst_5xx(2, status=503)
+    fault_proxy.fail_next(1, "rate_limit")
+    summary = steps.upsert(run)
+    assert summary["retried"] == {"HTTP 503": 2, "rate limited": 1}
+    assert (summary["failed"], summary["outcome"]) == (0, "success")
+    assert summary["created"] > 10

@@ -123,7 +123,11 @@ def output_problems(payload: Mapping[str, Any]) -> list[str]:
     ``payload`` is what ``stripe_value`` produced: text, ``None`` (clear the field or delete
     the metadata key) or, for ``preferred_locales``, a list of text.
     """
-    return _field_problems(payload) + _payload_problems(payload)
+    problems = []
+    for path, value in payload.items():
+        if (problem := (_RULES.get(path) or _rule(path)).check(value)) is not None:
+            problems.append(f"{path}: {problem}")
+    return problems + _payload_problems(payload)
 
 
 def checked_payload(
@@ -189,14 +193,6 @@ def checked_payload(
     ):
         problems += _payload_problems({**payload, **written})
     return payload, problems
-
-
-def _field_problems(payload: Mapping[str, Any]) -> list[str]:
-    problems = []
-    for path, value in payload.items():
-        if (problem := (_RULES.get(path) or _rule(path)).check(value)) is not None:
-            problems.append(f"{path}: {problem}")
-    return problems
 
 
 def _payload_problems(payload: Mapping[str, Any]) -> list[str]:
