@@ -191,6 +191,9 @@ class StubApi:
         self._call("customers.retrieve")
         return {"id": customer_id}
 
+    def find(self, customer_id: str) -> dict[str, Any] | None:
+        return self.retrieve(customer_id)
+
     def create(self, params: dict[str, Any], idempotency_key: str) -> str:
         self._call("customers.create")
         return "cus_new"

@@ -41,6 +41,11 @@ class SpecError(KrenalisError):
         super().__init__("invalid pipeline spec\n" + "\n".join(f"  {line}" for line in lines))
 
 
+class UnsendablePayload(KrenalisError):
+    """A payload that no request Stripe accepts can express (e.g. clearing ``preferred_locales``,
+    a shipping hash without a name): the profile is rejected before anything is sent."""
+
+
 class TransformError(KrenalisError):
     """A transformation failed for one profile; the profile is rejected, the run goes on."""
 

@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from krenalis_airflow.exceptions import UnsendablePayload
+
 ADDRESS_PARTS = ("line1", "line2", "city", "state", "postal_code", "country")
 
 # The writable customer fields a profile sync can own. Left out on purpose: ``balance`` (Stripe
@@ -27,6 +29,7 @@ SCALAR_FIELDS = frozenset(
     | {f"shipping.address.{part}" for part in ADDRESS_PARTS}
 )
 METADATA_PREFIX = "metadata."
+LOCALES = "preferred_locales"
 METADATA_KEY = re.compile(r"^[^\[\]]{1,40}$")
 MATCHABLE = ("email", "id", "metadata.<key>")
 
@@ -60,16 +63,16 @@ def unit_of(path: str) -> str:
 
 
 def to_params(payload: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
-    """Turn a flat payload into nested Stripe params.
+    """Turn a flat payload into nested Stripe params that Stripe's published contract accepts.
 
-    On create, ``None`` values are simply omitted. On update, ``None`` becomes ``""``, which is
-    how the Stripe API unsets a field or deletes a metadata key; an address or shipping hash
-    whose every part is cleared is sent as ``""`` whole. Stripe refuses ``shipping[name]=""``
-    (a shipping hash must have a name): ``shipping=""`` is how it is removed.
+    On create, ``None`` values (and an empty ``preferred_locales``) are simply omitted. On
+    update, ``None`` becomes ``""``, which is how the Stripe API unsets a field or deletes a
+    metadata key; an address or shipping hash whose every part is cleared is sent as ``""``
+    whole. What no request can express raises ``UnsendablePayload`` (see ``contract_problems``).
     """
     params: dict[str, Any] = {}
     for path, value in payload.items():
-        if value is None:
+        if value is None or (path == LOCALES and not value):
             if creating:
                 continue
             value = ""
@@ -81,7 +84,44 @@ def to_params(payload: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
     for group in GROUPS:
         if group in params and _all_cleared(params[group]):
             params[group] = ""
+    if problems := contract_problems(params):
+        raise UnsendablePayload("; ".join(problems))
     return params
+
+
+def contract_problems(params: Mapping[str, Any]) -> list[str]:
+    """Why Stripe would refuse ``params`` (create or update), as the fix a person can make.
+
+    From the customer endpoints' parameters in Stripe's OpenAPI description (and the
+    ``CustomerCreateParams``/``CustomerUpdateParams`` that stripe-python generates from it):
+
+    * ``preferred_locales`` is a list of strings with no ``""`` to unset it, and an empty list
+      is encoded as no parameter at all: once set, locales can be replaced, never cleared.
+    * ``shipping``, sent as a hash, requires ``name`` (``""`` cannot unset it) and ``address``;
+      ``shipping=""`` removes it whole.
+    """
+    problems = []
+    if params.get(LOCALES) == "":
+        problems.append(
+            f"{LOCALES}: Stripe's API cannot clear preferred locales once set (it takes a non-empty "
+            "list and has no empty value to unset it); write at least one locale, or leave "
+            f"{LOCALES} out of the transformation"
+        )
+    shipping = params.get("shipping")
+    if isinstance(shipping, dict):
+        if not shipping.get("name"):
+            problems.append(
+                "shipping.name: Stripe requires a shipping name whenever shipping is set; write "
+                "one, or clear every shipping field to remove shipping"
+            )
+        address = shipping.get("address")
+        if not (isinstance(address, dict) and any(address.values())):
+            problems.append(
+                "shipping.address: Stripe requires a shipping address whenever shipping is set; "
+                "write at least one shipping.address field, or clear every shipping field to remove "
+                "shipping"
+            )
+    return problems
 
 
 def _all_cleared(node: Any) -> bool:
@@ -107,6 +147,34 @@ def same_value(desired: Any, actual: Any) -> bool:
     if desired in (None, "", []) and actual in (None, "", []):
         return True
     return bool(desired == actual)
+
+
+def holds(customer: Mapping[str, Any], path: str, desired: Any) -> bool:
+    """Whether ``customer`` (as Stripe returned it) already holds ``desired`` at ``path``.
+
+    ``tax_exempt`` unset is reported by Stripe as ``"none"``, which is what clearing it gives.
+    """
+    actual = read_path(customer, path)
+    if path == "tax_exempt" and desired is None:
+        return actual in (None, "", "none")
+    return same_value(desired, actual)
+
+
+def needs_current(payload: Mapping[str, Any]) -> bool:
+    """Whether an update of ``payload`` needs the customer's current values first: a partly
+    written hash is completed from them (see ``complete_groups``), and clearing
+    ``preferred_locales`` can only be done where Stripe holds none already."""
+    return bool(partial_groups(payload)) or (LOCALES in payload and not payload[LOCALES])
+
+
+def update_payload(payload: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
+    """What an update of ``payload`` must send to a customer whose current values are ``current``:
+    partly written hashes completed, and what Stripe already holds that no request could write
+    (cleared locales where there are none) left out. Empty when there is nothing to send."""
+    completed = complete_groups(payload, current)
+    if LOCALES in completed and holds(current, LOCALES, completed[LOCALES]):
+        del completed[LOCALES]
+    return completed
 
 
 # Stripe replaces a nested hash (address, shipping) whole on update: parts not sent are wiped.

@@ -20,7 +20,7 @@ import stripe
 from stripe import RequestOptions
 
 from krenalis_airflow.core.ratelimit import RateLimiter
-from krenalis_airflow.core.redact import redact
+from krenalis_airflow.core.redact import redact, redact_stripe_logs
 from krenalis_airflow.exceptions import KrenalisError, RetryableSyncError, TerminalSyncError
 
 T = TypeVar("T")
@@ -34,14 +34,19 @@ LIST_FIELDS = (
     "preferred_locales",
     "address",
     "shipping",
+    "tax_exempt",
     "metadata",
-)
+)  # every field a pipeline can write (fields.SCALAR_FIELDS' units and metadata): compared on lookup
 
 
 class RecordRejected(KrenalisError):
     def __init__(self, message: str, param: str | None = None) -> None:
         self.param = param
         super().__init__(f"{message} (param: {param})" if param else message)
+
+
+class CustomerMissing(RecordRejected):
+    """Stripe has no such customer (404): never created, or deleted."""
 
 
 class StripeCustomers:
@@ -63,6 +68,7 @@ class StripeCustomers:
         max_backoff: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        redact_stripe_logs()
         self._client = client
         self._limiter = limiter
         self._retries = retries
@@ -93,6 +99,14 @@ class StripeCustomers:
             lambda: self._client.v1.customers.retrieve(customer_id, options=NO_SDK_RETRIES),
         )
         return _fields(customer)
+
+    def find(self, customer_id: str) -> dict[str, Any] | None:
+        """The customer with this id, or None when Stripe has none (or it was deleted): one call."""
+        try:
+            customer = self.retrieve(customer_id)
+        except CustomerMissing:
+            return None
+        return None if customer.get("deleted") else customer
 
     def create(self, params: dict[str, Any], idempotency_key: str) -> str:
         options: RequestOptions = {**NO_SDK_RETRIES, "idempotency_key": idempotency_key}
@@ -164,7 +178,7 @@ def _classify(exc: stripe.StripeError) -> str:
     if status >= 500 or status == 409 or isinstance(exc, stripe.APIError):
         return f"HTTP {status or 'error'}"
     if status == 404:
-        raise RecordRejected(
+        raise CustomerMissing(
             f"{_message(exc)}: the customer was deleted in Stripe; run once with full_resync to recreate it",
             getattr(exc, "param", None),
         ) from None
@@ -186,6 +200,8 @@ def _header(exc: stripe.StripeError, name: str) -> str | None:
 
 def _fields(customer: Any) -> dict[str, Any]:
     data = customer.to_dict()
+    if data.get("deleted"):  # what retrieving a deleted customer returns
+        return {"id": data.get("id"), "deleted": True}
     return {name: data.get(name) for name in LIST_FIELDS}
 
 

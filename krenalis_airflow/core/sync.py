@@ -27,26 +27,32 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from typing import Any, Literal, Protocol
 
 from krenalis_airflow.core.fields import (
-    complete_groups,
-    partial_groups,
+    holds,
+    needs_current,
     read_path,
-    same_value,
     to_params,
     unit_of,
+    update_payload,
 )
 from krenalis_airflow.core.ledger import LedgerEntry, field_hashes, key_digest, payload_hash, state_digest
 from krenalis_airflow.core.records import Record, Rejection
 from krenalis_airflow.core.stripe_api import RecordRejected
 from krenalis_airflow.core.transform.run import normalise_match
-from krenalis_airflow.exceptions import RetryableSyncError, TerminalSyncError
+from krenalis_airflow.exceptions import RetryableSyncError, TerminalSyncError, UnsendablePayload
 
 log = logging.getLogger(__name__)
 STEP = "upsert"
+NOT_SENDABLE = "not sendable"  # the rejection kind of a payload no valid request can express
 SAMPLES = 5
 LEDGER_BATCH = 500  # records whose ledger entries are fetched in one query
+# Matching by id, up to this many misses are looked up one call each (a missing or deleted id
+# is simply not found); past it, one listing of 100 customers a call is the cheaper bet. At
+# this size the lookups cost no more than listing an account of 10,000 customers.
+ID_LOOKUPS = 100
 
 
 class CustomerApi(Protocol):
@@ -54,6 +60,7 @@ class CustomerApi(Protocol):
 
     def list_all(self) -> Iterator[dict[str, Any]]: ...
     def retrieve(self, customer_id: str) -> dict[str, Any]: ...
+    def find(self, customer_id: str) -> dict[str, Any] | None: ...
     def create(self, params: dict[str, Any], idempotency_key: str) -> str: ...
     def update(self, customer_id: str, params: dict[str, Any]) -> str: ...
 
@@ -122,10 +129,19 @@ class Syncer:
         records that are not plainly unchanged are fetched in batches as they stream by.
         """
         synced = {} if self.options.full_resync else self.ledger.synced()
+        misses = (
+            record.match
+            for record, entry in self._pending_entries(records(), synced)
+            if self.options.full_resync or self._needs_lookup(record, entry)
+        )
         index: dict[str, list[dict[str, Any]]] | None = None
-        if self.options.full_resync or any(
-            self._needs_lookup(record, entry) for record, entry in self._pending_entries(records(), synced)
-        ):
+        if self.options.stripe_field == "id":
+            ids = set(islice(misses, ID_LOOKUPS + 1))
+            if len(ids) > ID_LOOKUPS:
+                index = self._build_index()
+            elif ids:
+                index = self._look_up(ids)
+        elif next(misses, None) is not None:
             index = self._build_index()
         writes = (
             write
@@ -181,6 +197,15 @@ class Syncer:
         )
         return index
 
+    def _look_up(self, ids: set[str]) -> dict[str, list[dict[str, Any]]]:
+        """The index of the customers with these ids, one retrieve each (see ``ID_LOOKUPS``)."""
+        index = {}
+        for customer_id in sorted(ids):
+            if (customer := self.api.find(customer_id)) is not None:
+                index[customer_id] = [customer]
+        log.info("Looked up %d Stripe customer ids, %d found", len(ids), len(index))
+        return index
+
     def _decide(
         self, record: Record, previous: LedgerEntry | None, index: dict[str, list[dict[str, Any]]] | None
     ) -> _Write | None:
@@ -192,9 +217,8 @@ class Syncer:
                 self.result.unchanged += 1
                 return None
             if entry.status == "rejected":
-                self._reject(
-                    record, "rejected by Stripe", f"{entry.error} (payload unchanged since; not resent)"
-                )
+                kind = NOT_SENDABLE if entry.error.startswith(f"{NOT_SENDABLE}: ") else "rejected by Stripe"
+                self._reject(record, kind, f"{entry.error} (payload unchanged since; not resent)")
                 return None
             if entry.attempts >= opts.give_up_after:
                 self._reject(record, "given up", f"failed in {entry.attempts} runs in a row: {entry.error}")
@@ -233,7 +257,7 @@ class Syncer:
         units = frozenset(
             unit_of(path)
             for path, value in record.payload.items()
-            if not all(same_value(value, read_path(c, path)) for c in matches)
+            if not all(holds(c, path, value) for c in matches)
         )
         return self._update(record, replace(done, customer_ids=ids), tuple(matches), units, previous)
 
@@ -264,11 +288,16 @@ class Syncer:
     def _execute(self, writes: Iterator[_Write]) -> None:
         if self.options.dry_run:
             for write in writes:
+                try:  # what can be checked without reading from Stripe
+                    self._requests(write, {c["id"]: c for c in write.customers}.get)
+                except UnsendablePayload as exc:
+                    self._reject(write.record, NOT_SENDABLE, f"{NOT_SENDABLE}: {exc}")
+                    continue
                 self._count(write, write.customer_ids or ("(new)",))
             return
         limit = self.options.concurrency * 4
         with ThreadPoolExecutor(self.options.concurrency, thread_name_prefix="stripe") as pool:
-            running: dict[Future[tuple[str, ...]], _Write] = {}
+            running: dict[Future[tuple[str, ...] | None], _Write] = {}
             try:
                 for write in writes:
                     running[pool.submit(self._send, write)] = write
@@ -286,27 +315,46 @@ class Syncer:
             finally:
                 self._checkpoint(force=True)
 
-    def _send(self, write: _Write) -> tuple[str, ...]:
-        record = write.record
+    def _send(self, write: _Write) -> tuple[str, ...] | None:
+        """Write to Stripe: the ids Stripe confirmed, or None when Stripe already held it all."""
         if not write.customer_ids:
-            params = to_params(self._with_match(record), creating=True)
+            params = to_params(self._with_match(write.record), creating=True)
             return (self.api.create(params, self._idempotency_key(write)),)
         known = {c["id"]: c for c in write.customers}
-        updated = []
+        requests = self._requests(
+            write, lambda customer_id: known.get(customer_id) or self.api.retrieve(customer_id)
+        )
+        for customer_id, params in requests:
+            with self._customer(customer_id):
+                self.api.update(customer_id, params)
+        return write.customer_ids if requests else None
+
+    def _requests(
+        self, write: _Write, current: Callable[[str], dict[str, Any] | None]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """``(customer id, params)`` of each update ``write`` needs, all built (and checked against
+        Stripe's contract: ``UnsendablePayload``) before any is sent. A create is checked whole.
+        Where building an update needs the customer's ``current`` values and they are None
+        (a dry run does not read), that customer's update is left out unchecked."""
+        record = write.record
+        if not write.customer_ids:
+            to_params(self._with_match(record), creating=True)
+            return []
         payload = {
             path: value
             for path, value in record.payload.items()
             if write.units is None or unit_of(path) in write.units
         }
+        requests = []
         for customer_id in write.customer_ids:
-            if partial_groups(payload):
-                current = known.get(customer_id) or self.api.retrieve(customer_id)
-                params = to_params(complete_groups(payload, current), creating=False)
-            else:
-                params = to_params(payload, creating=False)
-            with self._customer(customer_id):
-                updated.append(self.api.update(customer_id, params))
-        return tuple(updated)
+            sent: dict[str, Any] = payload
+            if needs_current(payload):
+                if (values := current(customer_id)) is None:
+                    continue
+                sent = update_payload(payload, values)
+            if params := to_params(sent, creating=False):  # never an empty update
+                requests.append((customer_id, params))
+        return requests
 
     def _idempotency_key(self, write: _Write) -> str:
         """Same pipeline, profile, payload and last known customer → same key (see module doc)."""
@@ -325,8 +373,8 @@ class Syncer:
 
     def _collect(
         self,
-        running: dict[Future[tuple[str, ...]], _Write],
-        done: set[Future[tuple[str, ...]]],
+        running: dict[Future[tuple[str, ...] | None], _Write],
+        done: set[Future[tuple[str, ...] | None]],
         *,
         stopping: bool = False,
     ) -> None:
@@ -338,16 +386,24 @@ class Syncer:
                 if stopping:  # the run is already failing for this reason
                     continue
                 raise
-            except RecordRejected as exc:
-                self._reject(write.record, "rejected by Stripe", str(exc))
-                self._confirm(write.record.key, self._unsynced(write, "rejected", str(exc)))
+            except (RecordRejected, UnsendablePayload) as exc:
+                if isinstance(exc, RecordRejected):
+                    kind, reason = "rejected by Stripe", str(exc)
+                else:  # refused here, before sending: no request Stripe accepts could express it
+                    kind, reason = NOT_SENDABLE, f"{NOT_SENDABLE}: {exc}"
+                self._reject(write.record, kind, reason)
+                self._confirm(write.record.key, self._unsynced(write, "rejected", reason))
                 continue
             except RetryableSyncError as exc:
                 self.result.failed += 1
                 self.result.sample("failed", f"{write.record.key}: {exc}")
                 self._confirm(write.record.key, self._unsynced(write, "failed", str(exc)))
                 continue
-            self._count(write, ids)
+            if ids is None:  # Stripe, as read, already held it all: nothing was sent
+                self.result.unchanged += 1
+                ids = write.customer_ids
+            else:
+                self._count(write, ids)
             self._confirm(write.record.key, replace(write.entry, customer_ids=ids))
 
     @staticmethod

@@ -26,7 +26,7 @@ from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
 from krenalis_airflow.core.ratelimit import Limits
-from krenalis_airflow.core.redact import redact
+from krenalis_airflow.core.redact import redact, redact_stripe_logs
 from krenalis_airflow.exceptions import TerminalSyncError
 
 if TYPE_CHECKING:
@@ -179,6 +179,7 @@ class StripeHook(BaseHook):
     def client(self) -> stripe.StripeClient:
         """The client, built on first use and reused afterwards."""
         settings = self.settings
+        redact_stripe_logs()
         self.log.info(
             "Stripe connection %r: %s mode, %s, %d retries, %ss timeout, at most %s",
             self.stripe_conn_id,

@@ -4,6 +4,7 @@ proxy in test_sync_faults.py."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -108,3 +109,19 @@ def test_a_bad_payload_rejects_the_record_with_stripes_message_and_param() -> No
     with pytest.raises(RecordRejected, match="full_resync"):
         customers._call("customers.update", failing(gone))
     assert customers.retried == {}
+
+
+def test_the_sdks_own_log_lines_never_carry_a_key(caplog: pytest.LogCaptureFixture) -> None:
+    """Stripe echoes a masked key in 401 bodies, which the SDK logs at debug level; the CLI's
+    preview and plan print logs without Airflow's secret masking."""
+    from stripe._util import log_debug, log_info
+
+    api()  # a StripeCustomers: what the sync, the CLI and the hook all build
+    with caplog.at_level(logging.DEBUG, logger="stripe"):
+        log_debug(
+            "API response body", body='{"error": {"message": "Invalid API Key provided: sk_test_****abcd"}}'
+        )
+        log_info("Request to Stripe api", method="get", url="http://rk_live_secret42@127.0.0.1/v1/customers")
+    assert len(caplog.records) == 2
+    assert "sk_test_" not in caplog.text and "rk_live_" not in caplog.text
+    assert caplog.text.count("<api key>") == 2

@@ -297,7 +297,7 @@ def test_errors_never_carry_the_api_key(stripe_url: str, ledger: Ledger) -> None
 
 
 def test_a_payload_stripe_rejected_is_not_resent_until_it_changes(sync, stripe_client, ledger) -> None:
-    bad = record("p1", "bad@example.com", tax_exempt="none")  # localstripe answers 400 for this field
+    bad = record("p1", "bad@example", name="Bad")  # Stripe answers 400 email_invalid
     first = sync([bad, record("p2", "ok@example.com", name="Ok")])
     assert first.created == 1 and [r.kind for r in first.rejections] == ["rejected by Stripe"]
     assert ledger.load()["p1"].status == "rejected"
@@ -363,3 +363,130 @@ def test_a_terminal_error_mid_run_keeps_what_stripe_confirmed(stripe_client, led
     rest = Syncer(StripeCustomers(stripe_client), ledger, opts).run(lambda: iter(records))
     assert (rest.created, rest.unchanged) == (3, 5)
     assert len(customers(stripe_client)) == 8
+
+
+# -- requests real Stripe accepts (Stripe's published contract, not localstripe's laxity) ---------
+
+
+def test_clearing_locales_stripe_holds_is_rejected_before_anything_is_sent(
+    sync, stripe_client, ledger
+) -> None:
+    sync([record("p1", "ada@example.com", name="Ada", preferred_locales=["it"])])
+    cleared = record("p1", "ada@example.com", name="Ada L.", preferred_locales=None)
+    result = sync([cleared])
+    assert (result.updated, result.unchanged) == (0, 0)
+    [rejection] = result.rejections
+    assert rejection.kind == "not sendable"
+    assert "cannot clear preferred locales" in rejection.reason
+    assert dict(result.api_calls) == {"customers.retrieve": 1}  # read to see what Stripe holds; no write
+    stored = by_email(stripe_client)["ada@example.com"]
+    assert (stored["name"], stored["preferred_locales"]) == ("Ada", ["it"])
+    assert ledger.entries(["p1"])["p1"].status == "rejected"
+
+    again = sync([cleared])  # reported again, never resent, until the payload changes
+    assert sum(again.api_calls.values()) == 0 and [r.kind for r in again.rejections] == ["not sendable"]
+    replaced = sync([record("p1", "ada@example.com", name="Ada L.", preferred_locales=["en"])])
+    assert replaced.updated == 1 and not replaced.rejections
+    assert by_email(stripe_client)["ada@example.com"]["preferred_locales"] == ["en"]
+
+
+def test_clearing_locales_where_stripe_holds_none_sends_only_the_rest(sync, stripe_client) -> None:
+    sync([record("p1", "ada@example.com", name="Ada"), record("p2", "bob@example.com", name="Bob")])
+    result = sync(
+        [
+            record("p1", "ada@example.com", name="Ada", preferred_locales=[]),  # nothing else changed
+            record("p2", "bob@example.com", name="Bob B.", preferred_locales=None),
+        ]
+    )
+    assert (result.updated, result.unchanged, result.rejections) == (1, 1, [])
+    assert dict(result.api_calls) == {"customers.retrieve": 2, "customers.update": 1}
+    assert by_email(stripe_client)["bob@example.com"]["name"] == "Bob B."
+    rerun = sync(
+        [
+            record("p1", "ada@example.com", name="Ada", preferred_locales=[]),
+            record("p2", "bob@example.com", name="Bob B.", preferred_locales=None),
+        ]
+    )
+    assert sum(rerun.api_calls.values()) == 0  # both recorded as synced: Stripe was read to hold them
+
+
+def test_a_shipping_hash_missing_a_required_part_is_rejected_on_create_and_update(
+    sync, stripe_client
+) -> None:
+    no_address = record("p1", "ada@example.com", **{"shipping.name": "Ada", "shipping.phone": "+39"})
+    created = sync([no_address], dry_run=True)
+    assert [r.kind for r in created.rejections] == ["not sendable"]  # a dry run sees it too
+    created = sync([no_address])
+    assert created.created == 0 and "shipping.address: Stripe requires" in created.rejections[0].reason
+    assert "customers.create" not in created.api_calls and customers(stripe_client) == []
+
+    shipping = {
+        "shipping.name": "Bob",
+        "shipping.address.line1": "1 Via Roma",
+        "shipping.address.city": "Rome",
+    }
+    sync([record("p2", "bob@example.com", **shipping)])
+    nameless = sync([record("p2", "bob@example.com", **{**shipping, "shipping.name": None})])
+    assert nameless.updated == 0 and "shipping.name: Stripe requires" in nameless.rejections[0].reason
+    assert "customers.update" not in nameless.api_calls
+    assert by_email(stripe_client)["bob@example.com"]["shipping"]["name"] == "Bob"
+
+    # Only the name is written, the rest completed from Stripe: clearing it is still refused.
+    only_name = sync([record("p2", "bob@example.com", **{"shipping.name": None})])
+    assert "shipping.name: Stripe requires" in only_name.rejections[0].reason
+    assert dict(only_name.api_calls) == {"customers.retrieve": 1}
+    assert by_email(stripe_client)["bob@example.com"]["shipping"]["name"] == "Bob"
+
+
+def test_full_resync_compares_every_written_field_with_what_stripe_returns(sync, stripe_client) -> None:
+    records = [
+        record(
+            "p1",
+            "ada@example.com",
+            name="Ada",
+            phone="+39 06 1234",
+            description="VIP",
+            preferred_locales=["it", "en"],
+            tax_exempt="exempt",
+            **{"address.city": "Rome", "address.country": "IT", "metadata.plan": "pro"},
+            **{"shipping.name": "Ada", "shipping.address.line1": "1 Via Roma"},
+        ),
+        record("p2", "bob@example.com", name="Bob", tax_exempt=None, preferred_locales=None),
+    ]
+    assert sync(records).created == 2
+    resync = sync(records, full_resync=True)
+    assert (resync.updated, resync.unchanged) == (0, 2)
+    assert dict(resync.api_calls) == {"customers.list": 1}
+
+
+def test_update_only_by_id_looks_missing_ids_up_one_call_each_never_listing(stripe_client, ledger) -> None:
+    target = stripe_client.v1.customers.create(params={"email": "x@example.com", "name": "Before"})
+    gone = stripe_client.v1.customers.create(params={"email": "gone@example.com"})
+    stripe_client.v1.customers.delete(gone.id)
+    opts = SyncOptions(pipeline_id="test_pipeline", mode="update_only", stripe_field="id")
+    records = [
+        Record("p1", target.id, target.id, {"name": "After"}),
+        Record("p2", "cus_missing", "cus_missing", {"name": "Nobody"}),
+        Record("p3", gone.id, gone.id, {"name": "Deleted"}),
+    ]
+
+    def run() -> SyncResult:
+        return Syncer(StripeCustomers(stripe_client), ledger, opts).run(lambda: iter(records))
+
+    first = run()
+    assert (first.updated, sum(first.skipped.values())) == (1, 2)
+    assert dict(first.api_calls) == {"customers.retrieve": 3, "customers.update": 1}
+    rerun = run()
+    assert dict(rerun.api_calls) == {"customers.retrieve": 2}  # the two misses, no listing
+    assert stripe_client.v1.customers.retrieve(target.id).name == "After"
+
+
+def test_many_missing_ids_are_found_by_one_listing(stripe_client, ledger, monkeypatch) -> None:
+    monkeypatch.setattr("krenalis_airflow.core.sync.ID_LOOKUPS", 2)
+    target = stripe_client.v1.customers.create(params={"email": "x@example.com", "name": "Before"})
+    opts = SyncOptions(pipeline_id="test_pipeline", mode="update_only", stripe_field="id")
+    records = [Record("p0", target.id, target.id, {"name": "After"})]
+    records += [Record(f"p{i}", f"cus_missing{i}", f"cus_missing{i}", {"name": "x"}) for i in range(1, 3)]
+    result = Syncer(StripeCustomers(stripe_client), ledger, opts).run(lambda: iter(records))
+    assert (result.updated, sum(result.skipped.values())) == (1, 2)
+    assert dict(result.api_calls) == {"customers.list": 1, "customers.update": 1}

@@ -5,6 +5,9 @@ Used by the pytest fixtures in ``tests/conftest.py`` and by the demo::
     with LocalStripe() as server:          # any free port
         server.flush()                     # empty the store
         client = stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": server.url})
+        mark = server.mark()
+        ...                                # requests
+        server.contract_violations(mark)   # what real Stripe would have refused since the mark
 
 (This module is not called ``localstripe.py``: running ``localstripe_server.py`` as a script puts
 this folder first on ``sys.path``, and such a file would shadow the real ``localstripe`` package.)
@@ -12,6 +15,7 @@ this folder first on ``sys.path``, and such a file would shadow the real ``local
 
 from __future__ import annotations
 
+import json
 import queue
 import subprocess
 import sys
@@ -20,7 +24,7 @@ import threading
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any, ClassVar
 
 from tests.support.localstripe_server import READY_PREFIX
 
@@ -37,15 +41,21 @@ class LocalStripeError(RuntimeError):
 class LocalStripe:
     """One localstripe server in a child process, bound to 127.0.0.1, keeping nothing on disk.
 
-    Its stderr (the request log) goes to ``log_path``. The child also stops on its own when this
-    process dies, because it watches its stdin (``--exit-on-stdin-eof``).
+    Its stderr (the request log) goes to ``log_path``, the requests it refused for breaking
+    Stripe's contract to ``contract_log_path`` (``--contract-log``; see ``contract_violations``).
+    The child also stops on its own when this process dies, because it watches its stdin
+    (``--exit-on-stdin-eof``). ``LocalStripe.running`` lists the servers started and not stopped
+    by this process, for the fixture in ``tests/conftest.py`` that fails tests on violations.
     """
+
+    running: ClassVar[list[LocalStripe]] = []
 
     def __init__(self, port: int = 0, *, startup_timeout: float = 30.0, quiet: bool = False) -> None:
         self.port = port
         self.startup_timeout = startup_timeout
         self.quiet = quiet
         self.log_path: Path | None = None
+        self.contract_log_path: Path | None = None
         self._url: str | None = None
         self._process: subprocess.Popen[str] | None = None
         self._log: IO[str] | None = None
@@ -65,7 +75,19 @@ class LocalStripe:
             "w+", prefix="localstripe-", suffix=".log", delete=False
         )
         self.log_path = Path(self._log.name)
-        command = [sys.executable, str(SERVER_SCRIPT), "--port", str(self.port), "--exit-on-stdin-eof"]
+        with tempfile.NamedTemporaryFile(
+            prefix="localstripe-contract-", suffix=".jsonl", delete=False
+        ) as log:
+            self.contract_log_path = Path(log.name)
+        command = [
+            sys.executable,
+            str(SERVER_SCRIPT),
+            "--port",
+            str(self.port),
+            "--exit-on-stdin-eof",
+            "--contract-log",
+            str(self.contract_log_path),
+        ]
         if self.quiet:
             command.append("--quiet")
         self._process = subprocess.Popen(
@@ -76,6 +98,7 @@ class LocalStripe:
         except BaseException:
             self.stop()
             raise
+        LocalStripe.running.append(self)
         return self
 
     def _wait_for_ready_line(self) -> str:
@@ -114,8 +137,29 @@ class LocalStripe:
         with urllib.request.urlopen(request, timeout=10) as response:
             response.read()
 
+    def mark(self) -> int:
+        """A point in the contract log, for ``contract_violations(since=mark)``."""
+        if self.contract_log_path is None or not self.contract_log_path.exists():
+            return 0
+        return self.contract_log_path.stat().st_size
+
+    def contract_violations(self, since: int = 0) -> list[dict[str, Any]]:
+        """What the server refused for breaking Stripe's contract since ``mark()`` (0: ever).
+
+        One ``{"method", "path", "param", "violation"}`` per violation; the server writes them
+        before it answers the request, so a caller sees them as soon as its response arrived.
+        """
+        if since == self.mark():  # nothing new: no read
+            return []
+        assert self.contract_log_path is not None
+        with self.contract_log_path.open("rb") as log:
+            log.seek(since)
+            return [json.loads(line) for line in log.read().splitlines()]
+
     def stop(self) -> None:
-        """Terminate the child (SIGTERM, then SIGKILL after 5 s) and remove its log file."""
+        """Terminate the child (SIGTERM, then SIGKILL after 5 s) and remove its log files."""
+        if self in LocalStripe.running:
+            LocalStripe.running.remove(self)
         process, self._process, self._url = self._process, None, None
         if process is not None:
             if process.poll() is None:
@@ -134,8 +178,9 @@ class LocalStripe:
         if self._log is not None:
             self._log.close()
             self._log = None
-        if self.log_path is not None:
-            self.log_path.unlink(missing_ok=True)
+        for path in (self.log_path, self.contract_log_path):
+            if path is not None:
+                path.unlink(missing_ok=True)
 
     def __enter__(self) -> LocalStripe:
         return self.start()

@@ -23,8 +23,19 @@ Differences from stock ``localstripe`` 1.15.10 (``python -m localstripe``):
   str}`` with ``name`` (not empty) and ``address`` required, as in Stripe's API; ``shipping=""``
   removes it (stored as null, as Stripe shows it). The ``customer.created`` event (only visible
   through webhooks) still shows ``shipping: null``.
+* Customers take ``tax_exempt`` (``none|exempt|reverse``; ``""`` resets it to ``none``, which is
+  also what a customer created without it shows), as Stripe's do; stock answers 400 "Unexpected
+  tax_exempt". An email Stripe could not parse is refused with 400 ``email_invalid``.
 * ``--exit-on-stdin-eof`` makes the server stop when its stdin closes, so a test process that
   dies without cleaning up does not leave a server behind.
+* Stripe's contract is enforced on the customer endpoints (``POST /v1/customers``, ``POST
+  /v1/customers/{id}``, ``GET /v1/customers``, ``GET /v1/customers/{id}``): a middleware checks
+  each request with ``stripe_contract.py`` (the parameter definitions stripe-python carries) and
+  answers what real Stripe would refuse, and stock localstripe takes (``preferred_locales=""``,
+  ``shipping[name]=""``, unknown parameters, an update with no parameters...), with Stripe's 400
+  ``{"error": {"type": "invalid_request_error", "message", "param"}}`` (the first violation)
+  without passing it on. With ``--contract-log PATH`` every violation is also appended to PATH as
+  one JSON line ``{"method", "path", "param", "violation"}``, so the tests can fail on them.
 
 Requests are logged to stderr (like stock) unless ``--quiet``.
 """
@@ -33,22 +44,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import re
 import signal
 import socket
 import sys
 import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from localstripe import resources, server
 from localstripe.errors import UserError
 
+try:
+    from tests.support import stripe_contract
+except ImportError:  # run as a script: this folder is on sys.path, the repository root may not be
+    import stripe_contract  # type: ignore[no-redef]
+
 READY_PREFIX = "localstripe listening on "
 HOST = "127.0.0.1"
 
 _ADDRESS_KEYS = {"line1", "line2", "city", "state", "postal_code", "country"}
 _SHIPPING_KEYS = {"name", "address", "phone"}
+_TAX_EXEMPT = ("none", "exempt", "reverse")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 def _no_op(*_args: Any, **_kwargs: Any) -> None:
@@ -86,14 +108,35 @@ def _checked_shipping(shipping: Any) -> dict[str, Any] | None:
     return dict(shipping)
 
 
-def shipping_like_stripe() -> None:
-    """Let ``POST /v1/customers`` take ``shipping``, and check it on update (see the module docstring)."""
+def _checked_tax_exempt(value: Any) -> str:
+    """``tax_exempt`` as Stripe takes it: one of ``none|exempt|reverse``, ``""`` resets it to none."""
+    if value == "":
+        return "none"
+    if value not in _TAX_EXEMPT:
+        raise UserError(
+            400, f"Invalid tax_exempt: must be one of {', '.join(_TAX_EXEMPT)}", {"param": "tax_exempt"}
+        )
+    return str(value)
+
+
+def _checked_email(email: Any) -> None:
+    """Stripe refuses an email it cannot parse (400 ``email_invalid``); stock localstripe stores it."""
+    if isinstance(email, str) and email.strip() and not _EMAIL.match(email.strip()):
+        raise UserError(400, f"Invalid email address: {email}", {"param": "email", "code": "email_invalid"})
+
+
+def customers_like_stripe() -> None:
+    """Let customers take ``shipping`` and ``tax_exempt`` as Stripe does, and check ``email``
+    (see the module docstring)."""
     stock_create = resources.Customer._api_create.__func__
 
-    def create(cls: type, shipping: Any = None, **data: Any) -> Any:
+    def create(cls: type, shipping: Any = None, tax_exempt: Any = "none", **data: Any) -> Any:
         checked = _checked_shipping(shipping)  # before anything is stored
+        exempt = _checked_tax_exempt(tax_exempt)
+        _checked_email(data.get("email"))
         customer = stock_create(cls, **data)
         customer.shipping = checked
+        customer.tax_exempt = exempt
         return customer
 
     resources.Customer._api_create = classmethod(create)
@@ -103,9 +146,47 @@ def shipping_like_stripe() -> None:
     def update(cls: type, id: str, **data: Any) -> Any:
         if "shipping" in data:
             data["shipping"] = _checked_shipping(data["shipping"])
-        return stock_update(cls, id, **data)
+        exempt = _checked_tax_exempt(data.pop("tax_exempt")) if "tax_exempt" in data else None
+        _checked_email(data.get("email"))
+        customer = stock_update(cls, id, **data)
+        if exempt is not None:
+            customer.tax_exempt = exempt
+        return customer
 
     resources.Customer._api_update = classmethod(update)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def contract_middleware(
+    log_path: Path | None,
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Refuse customer requests that break Stripe's contract, as Stripe would (see the docstring)."""
+
+    @web.middleware
+    async def check_contract(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if stripe_contract.endpoint_params(request.method, request.path) is None:
+            return await handler(request)
+        if request.method == "GET":
+            found = stripe_contract.check_form(request.method, request.path, request.query_string)
+        elif request.content_type == "application/x-www-form-urlencoded" or not request.can_read_body:
+            body = await request.text()  # aiohttp keeps it for localstripe's handler
+            found = stripe_contract.check_form(request.method, request.path, body)
+        else:
+            message = f"{request.content_type}: Stripe's v1 API takes form-encoded bodies"
+            found = [stripe_contract.Violation(None, message)]
+        if not found:
+            return await handler(request)
+        if log_path is not None:
+            with log_path.open("a", encoding="utf-8") as log:
+                for violation in found:
+                    line = {"method": request.method, "path": request.path, "param": violation.param}
+                    log.write(json.dumps({**line, "violation": violation.message}) + "\n")
+        error = {"type": "invalid_request_error", "message": found[0].message, "param": found[0].param}
+        return web.json_response({"error": error}, status=400)
+
+    return check_contract
 
 
 def _bind(port: int) -> socket.socket:
@@ -124,8 +205,11 @@ def _stop_when_stdin_closes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event
     threading.Thread(target=wait_for_eof, name="stdin-eof", daemon=True).start()
 
 
-async def serve(port: int, *, quiet: bool = False, exit_on_stdin_eof: bool = False) -> None:
+async def serve(
+    port: int, *, quiet: bool = False, exit_on_stdin_eof: bool = False, contract_log: Path | None = None
+) -> None:
     """Serve localstripe on 127.0.0.1:port until SIGINT/SIGTERM (or stdin EOF if asked)."""
+    server.app.middlewares.insert(0, contract_middleware(contract_log))  # outermost: first to see
     access_log: logging.Logger | None = None
     if not quiet:
         access_log = logging.getLogger("aiohttp.access")
@@ -159,11 +243,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--exit-on-stdin-eof", action="store_true", help="stop when stdin is closed (for parents)"
     )
+    parser.add_argument(
+        "--contract-log", type=Path, help="append each contract violation to this file (JSON lines)"
+    )
     args = parser.parse_args(argv)
 
     disable_persistence()
-    shipping_like_stripe()
-    asyncio.run(serve(args.port, quiet=args.quiet, exit_on_stdin_eof=args.exit_on_stdin_eof))
+    customers_like_stripe()
+    asyncio.run(
+        serve(
+            args.port,
+            quiet=args.quiet,
+            exit_on_stdin_eof=args.exit_on_stdin_eof,
+            contract_log=args.contract_log,
+        )
+    )
 
 
 if __name__ == "__main__":
