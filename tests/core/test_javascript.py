@@ -16,7 +16,10 @@ from typing import Any
 
 import pytest
 
+from krenalis_airflow.core.records import Record, Rejection
+from krenalis_airflow.core.spec import parse_spec
 from krenalis_airflow.core.transform.javascript import JavaScriptTransformer, syntax_problems
+from krenalis_airflow.core.transform.run import transform_profiles
 from krenalis_airflow.exceptions import TerminalSyncError, TransformError
 
 pytest.importorskip("pyduktape2")
@@ -133,7 +136,11 @@ def test_error_messages_name_the_error(body: str, reason: str) -> None:
         ("undefined", "not undefined"),
         ("{name: p.no_such_column}", 'field "name" is undefined'),
         ("{name: 0 / 0}", 'field "name" is NaN'),
-        ("{address: {city: 'Rome'}}", 'field "address" is an object'),
+        ("{address: {city: p.no_such_column}}", 'field "address.city" is undefined'),
+        ("{shipping: {address: {line1: 1 / 0}}}", 'field "shipping.address.line1" is Infinity'),
+        ("{metadata: {tags: [['a']]}}", 'field "metadata.tags": item 0 is an array'),
+        ("{address: {since: new Date(0)}}", 'field "address.since" is an object'),
+        ("{name: new Date(0)}", 'field "name" is an object'),
         ("{name: function () {}}", 'field "name" is function'),
         ("{preferred_locales: [['en']]}", 'field "preferred_locales": item 0 is an array'),
         ("{name: '\\ud800'}", "lone UTF-16 surrogate"),
@@ -143,6 +150,75 @@ def test_error_messages_name_the_error(body: str, reason: str) -> None:
 def test_outputs_that_are_not_flat_payloads_are_rejected(returned: str, reason: str) -> None:
     results = run(f"function transform(p) {{ return {returned}; }}", [ADA, GRACE])
     assert all(reason in (message or "") for message in errors(results)), results
+
+
+def test_nested_objects_pass_through_for_the_transform_step_to_flatten() -> None:
+    source = """function transform(p) {
+      return {name: p.first_name, address: {country: p.country.toUpperCase()},
+              shipping: {name: p.last_name, address: {line1: 'Via Roma 1'}},
+              metadata: {plan: p.plan, prefs: {deep: {deeper: {deepest: 1}}}}};
+    }"""
+    assert run(source, [ADA]) == [
+        {
+            "name": "Ada",
+            "address": {"country": "IT"},
+            "shipping": {"name": "Lovelace", "address": {"line1": "Via Roma 1"}},
+            "metadata": {"plan": "pro", "prefs": {"deep": {"deeper": {"deepest": 1}}}},
+        }
+    ]
+
+
+def test_a_cyclic_output_is_rejected_with_a_reason() -> None:
+    source = "function transform(p) { var a = {}; a.self = a; return {metadata: {a: a}}; }"
+    assert errors(run(source, [ADA])) == ["the output cannot be turned into JSON: cyclic input"]
+
+
+def test_nested_outputs_are_checked_in_javascripts_words() -> None:
+    spec = parse_spec(
+        """\
+id: javascript_test
+source: {conn_id: warehouse, table: customer_profiles, key: id}
+export: {matching: {property: first_name, stripe: metadata.first_name}}
+transformation:
+  javascript: |
+    function transform(p) { return {}; }
+"""
+    )
+    nested = """function transform(p) {
+      if (p.id === 2) return {metadata: null};
+      if (p.id === 3) return {metadata: {prefs: {a: 1}}, name: ['a', 'b']};
+      return {name: p.first_name, address: {country: 'IT'}, metadata: {plan: p.plan}};
+    }"""
+    dotted = """function transform(p) {
+      return {name: p.first_name, 'address.country': 'IT', 'metadata.plan': p.plan};
+    }"""
+    profiles = [ADA, GRACE, {**ADA, "id": 3}]
+    with JavaScriptTransformer(nested) as transformer:
+        items = list(transform_profiles(profiles, spec, transformer))
+    with JavaScriptTransformer(dotted) as transformer:
+        [expected, *_] = transform_profiles(profiles, spec, transformer)
+    assert (
+        items[0]
+        == expected
+        == Record("1", "Ada", "Ada", {"name": "Ada", "address.country": "IT", "metadata.plan": "pro"})
+    )
+    assert items[1:] == [
+        Rejection(
+            "2",
+            "transform",
+            "invalid output",
+            "metadata: null would delete keys this pipeline does not own; "
+            "set each key to null, e.g. metadata: {plan: null}",
+        ),
+        Rejection(
+            "3",
+            "transform",
+            "invalid output",
+            "metadata.prefs: an object is not text; send it as JSON text with JSON.stringify(value), "
+            "or pick one of its properties; "
+            "name: an array is not text; join it (value.join(', ')) or pick one element",
+        ),
+    ]
 
 
 def test_require_and_the_module_loader_are_gone() -> None:

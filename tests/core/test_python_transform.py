@@ -39,7 +39,10 @@ def spec() -> PipelineSpec:
 id: python_test
 source: {conn_id: warehouse, table: customer_profiles, key: profile_id}
 export: {matching: {property: email, stripe: email}}
-transformation: {mapping: {name: first_name}}
+transformation:
+  python: |
+    def transform(profile):
+        return {}
 """
     )
 
@@ -158,7 +161,7 @@ def test_outputs_are_validated_like_any_transformations(spec: PipelineSpec) -> N
         "1",
         "transform",
         "invalid output",
-        "3: a field name must be text; metadata.tags: a list is not text; join it (|join(', ')) or pick one element",
+        '3: a field name must be text; metadata.tags: a list is not text; join it (", ".join(value)) or pick one element',
     )
     code = "def transform(profile):\n    return {'nmae': 'x', 'address.country': 'Italy'}\n"
     [item] = transform_profiles([ADA], spec, PythonTransformer(code))
@@ -167,6 +170,59 @@ def test_outputs_are_validated_like_any_transformations(spec: PipelineSpec) -> N
     assert item.reason.endswith(
         "; address.country: 'Italy' is not an ISO 3166-1 alpha-2 country code (like IT, DE, US)"
     )
+
+
+def test_nested_hashes_are_the_same_output_as_dotted_paths(spec: PipelineSpec) -> None:
+    nested = """\
+def transform(profile):
+    return {
+        "name": profile["first_name"],
+        "address": {"city": "Milano", "country": "IT"},
+        "shipping": {"name": "A", "address": {"line1": "Via Roma 1", "city": "Milano"}},
+        "metadata": {"plan": profile["plan"], "orders": 4},
+    }
+"""
+    dotted = """\
+def transform(profile):
+    return {
+        "name": profile["first_name"],
+        "address.city": "Milano",
+        "address.country": "IT",
+        "shipping.name": "A",
+        "shipping.address.line1": "Via Roma 1",
+        "shipping.address.city": "Milano",
+        "metadata.plan": profile["plan"],
+        "metadata.orders": 4,
+    }
+"""
+    [from_nested] = transform_profiles([ADA], spec, PythonTransformer(nested))
+    [from_dotted] = transform_profiles([ADA], spec, PythonTransformer(dotted))
+    assert from_nested == from_dotted
+    assert isinstance(from_nested, Record)
+    assert from_nested.payload["metadata.orders"] == "4"
+
+
+@pytest.mark.parametrize(
+    ("returned", "reason"),
+    [
+        (
+            "{'metadata': None}",
+            'metadata: None would delete keys this pipeline does not own; set each key to None, e.g. "metadata": {"plan": None}',
+        ),
+        (
+            "{'metadata': {'prefs': {'a': 1}}}",
+            "metadata.prefs: a dict is not text; send it as JSON text with json.dumps(value), or pick one of its keys",
+        ),
+        (
+            "{'address': {'city': 'A'}, 'address.city': 'B'}",
+            "address.city: given twice, with different values",
+        ),
+    ],
+)
+def test_nested_outputs_are_refused_in_pythons_words(spec: PipelineSpec, returned: str, reason: str) -> None:
+    code = f"def transform(profile):\n    return {returned}\n"
+    [item] = transform_profiles([ADA], spec, PythonTransformer(code))
+    assert item == Rejection("1", "transform", "invalid output", reason)
 
 
 def test_the_function_gets_a_copy_of_the_profile(spec: PipelineSpec) -> None:

@@ -13,11 +13,15 @@ from hypothesis import strategies as st
 
 from krenalis_airflow.core.transform.mapping import mapping_static_problems
 from krenalis_airflow.core.transform.validate import (
+    Language,
     checked_payload,
+    flat_output,
     output_problems,
     stripe_value,
     type_problems,
 )
+
+LANGUAGES: list[Language] = ["mapping", "javascript", "python"]
 
 # --------------------------------------------------------------------------------------------
 # output_problems: one value at a time
@@ -253,7 +257,211 @@ def test_preferred_locales_may_be_a_list_of_scalars() -> None:
 
 
 def test_field_names_must_be_text() -> None:
-    assert type_problems({3: "x", "name": "Ada"}) == ["3: a field name must be text"]  # type: ignore[dict-item]
+    assert type_problems({3: "x", "name": "Ada"}) == ["3: a field name must be text"]
+
+
+def test_field_names_must_be_text_inside_nested_hashes_too() -> None:
+    assert type_problems({"metadata": {1: "x"}}, "python") == ["metadata: the key 1 must be text"]
+
+
+# --------------------------------------------------------------------------------------------
+# Nested outputs: address, shipping, shipping.address and metadata as objects
+
+NESTED = {
+    "name": "Ada",
+    "metadata": {"plan": "pro", "crm.id": 42},
+    "address": {"city": "Milano", "country": "IT"},
+    "shipping": {"name": "A", "phone": "+39 02 1234", "address": {"line1": "Via Roma 1", "city": "Milano"}},
+}
+DOTTED = {
+    "name": "Ada",
+    "metadata.plan": "pro",
+    "metadata.crm.id": 42,
+    "address.city": "Milano",
+    "address.country": "IT",
+    "shipping.name": "A",
+    "shipping.phone": "+39 02 1234",
+    "shipping.address.line1": "Via Roma 1",
+    "shipping.address.city": "Milano",
+}
+ADDRESS_PARTS = ["line1", "line2", "city", "state", "postal_code", "country"]
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize(
+    ("nested", "dotted"),
+    [
+        (NESTED, DOTTED),
+        (
+            {"shipping.address": {"line1": "Via Roma 1"}, "shipping.name": "A"},
+            {"shipping.address.line1": "Via Roma 1", "shipping.name": "A"},
+        ),
+        (
+            {"shipping": {"address.line1": "Via Roma 1", "name": "A"}},
+            {"shipping.address.line1": "Via Roma 1", "shipping.name": "A"},
+        ),
+        ({"metadata": {"plan": None, "vip": True}}, {"metadata.plan": None, "metadata.vip": True}),
+        ({"address": {"city": ""}}, {"address.city": ""}),
+    ],
+    ids=["every-hash", "shipping.address-and-dotted", "dotted-inside-nested", "metadata", "empty-text"],
+)
+def test_nested_hashes_mean_exactly_their_dotted_paths(
+    nested: dict[str, Any], dotted: dict[str, Any], language: Language
+) -> None:
+    assert flat_output(nested, language) == (dotted, [])
+    assert checked_payload(nested, {"email": "a@b.co"}, language) == checked_payload(
+        dotted, {"email": "a@b.co"}, language
+    )
+    payload, problems = checked_payload(nested, {}, language)
+    assert problems == [] and payload == {path: stripe_value(path, value) for path, value in dotted.items()}
+
+
+def test_problems_inside_a_nested_hash_are_named_by_their_dotted_path() -> None:
+    nested = {"address": {"country": "it", "town": "x"}, "metadata": {"notes": "n" * 501}}
+    dotted = {"address.country": "it", "address.town": "x", "metadata.notes": "n" * 501}
+    _, problems = checked_payload(nested, {}, "javascript")
+    assert problems == checked_payload(dotted, {}, "javascript")[1]
+    assert problems[0] == "address.country: 'it' must be upper case: 'IT' (e.g. upper(country))"
+    assert problems[1].startswith("address.town: unknown Stripe customer field 'address.town'; allowed: ")
+    assert problems[2] == "metadata.notes: 501 characters; Stripe allows at most 500 in a metadata value"
+
+
+def test_a_nested_shipping_needs_its_required_parts_like_a_dotted_one() -> None:
+    nested = {"shipping": {"name": "A", "address": None}}
+    assert checked_payload(nested, {}, "python")[1] == [
+        "shipping.address.line1: Stripe requires it whenever shipping is written"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("output", "cleared"),
+    [
+        ({"address": None}, [f"address.{part}" for part in ADDRESS_PARTS]),
+        ({"shipping.address": None}, [f"shipping.address.{part}" for part in ADDRESS_PARTS]),
+        ({"shipping": {"address": None}}, [f"shipping.address.{part}" for part in ADDRESS_PARTS]),
+        (
+            {"shipping": None},
+            ["shipping.name", "shipping.phone", *(f"shipping.address.{part}" for part in ADDRESS_PARTS)],
+        ),
+    ],
+)
+def test_a_null_hash_clears_each_of_its_parts(output: dict[str, Any], cleared: list[str]) -> None:
+    expected = dict.fromkeys(cleared)
+    assert checked_payload(output, {}, "javascript") == (expected, [])
+    assert checked_payload(expected, {}, "javascript") == (expected, [])
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_an_empty_hash_writes_nothing(language: Language) -> None:
+    output = {"name": "Ada", "address": {}, "shipping": {"address": {}}, "metadata": {}}
+    assert checked_payload(output, {}, language) == ({"name": "Ada"}, [])
+
+
+@pytest.mark.parametrize(
+    ("language", "problem"),
+    [
+        (
+            "javascript",
+            "metadata: null would delete keys this pipeline does not own; "
+            "set each key to null, e.g. metadata: {plan: null}",
+        ),
+        (
+            "python",
+            "metadata: None would delete keys this pipeline does not own; "
+            'set each key to None, e.g. "metadata": {"plan": None}',
+        ),
+        (
+            "mapping",
+            "metadata: null would delete keys this pipeline does not own; "
+            "set each key to null, e.g. metadata.plan: none",
+        ),
+    ],
+)
+def test_a_null_metadata_is_refused(language: Language, problem: str) -> None:
+    assert checked_payload({"name": "Ada", "metadata": None}, {}, language) == ({}, [problem])
+    assert type_problems({"metadata": None}, language) == [problem]
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        {"address.city": "Milano", "address": {"city": "Roma"}},
+        {"address": {"city": "Roma"}, "address.city": "Milano"},
+        {"shipping": {"address": {"city": "Roma"}}, "shipping.address": {"city": "Milano"}},
+        {"address": None, "address.city": "Milano"},
+        {"address.city": 1, "address": {"city": "1"}},
+    ],
+)
+def test_a_path_given_twice_with_different_values_is_refused(output: dict[str, Any]) -> None:
+    path = "shipping.address.city" if "shipping" in output else "address.city"
+    assert checked_payload(output, {}, "python") == ({}, [f"{path}: given twice, with different values"])
+
+
+@pytest.mark.parametrize(
+    ("output", "payload"),
+    [
+        ({"address.city": "Milano", "address": {"city": "Milano"}}, {"address.city": "Milano"}),
+        (
+            {"address": None, "address.city": None, "address.line1": ""},
+            {f"address.{part}": None for part in ADDRESS_PARTS},
+        ),
+        ({"metadata.plan": "pro", "metadata": {"plan": "pro"}}, {"metadata.plan": "pro"}),
+    ],
+)
+def test_a_path_given_twice_with_the_same_value_is_fine(
+    output: dict[str, Any], payload: dict[str, Any]
+) -> None:
+    assert checked_payload(output, {}, "javascript") == (payload, [])
+
+
+@pytest.mark.parametrize(
+    ("language", "value", "problem"),
+    [
+        (
+            "mapping",
+            {"a": 1},
+            "an object is not text; send it as JSON text with |tojson, or pick one of its keys",
+        ),
+        ("mapping", ["a"], "a list is not text; join it (|join(', ')) or pick one element"),
+        (
+            "javascript",
+            {"a": 1},
+            "an object is not text; send it as JSON text with JSON.stringify(value), "
+            "or pick one of its properties",
+        ),
+        ("javascript", ["a"], "an array is not text; join it (value.join(', ')) or pick one element"),
+        (
+            "python",
+            {"a": 1},
+            "a dict is not text; send it as JSON text with json.dumps(value), or pick one of its keys",
+        ),
+        ("python", ["a"], 'a list is not text; join it (", ".join(value)) or pick one element'),
+        ("python", ("a",), 'a tuple is not text; join it (", ".join(value)) or pick one element'),
+    ],
+)
+@pytest.mark.parametrize("path", ["name", "description", "metadata.prefs", "address.city"])
+def test_objects_and_lists_where_text_is_wanted_get_a_hint_in_the_transformations_language(
+    language: Language, value: Any, problem: str, path: str
+) -> None:
+    assert checked_payload({path: value}, {}, language) == ({}, [f"{path}: {problem}"])
+    assert type_problems({path: value}, language) == [f"{path}: {problem}"]
+
+
+def test_an_object_inside_a_nested_hash_gets_the_hint_too() -> None:
+    output = {"metadata": {"prefs": {"a": 1}}, "shipping": {"address": {"city": ["Milano"]}}}
+    assert checked_payload(output, {}, "javascript") == (
+        {},
+        [
+            "metadata.prefs: an object is not text; send it as JSON text with JSON.stringify(value), "
+            "or pick one of its properties",
+            "shipping.address.city: an array is not text; join it (value.join(', ')) or pick one element",
+        ],
+    )
+
+
+def test_a_hash_given_as_text_is_an_unknown_field_as_before() -> None:
+    [problem] = checked_payload({"address": "Via Roma 1"}, {}, "javascript")[1]
+    assert problem.startswith("address: unknown Stripe customer field 'address'; allowed: ")
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,6 +625,28 @@ RESULTS = st.one_of(
         lambda pair: {**pair[0], pair[1]: "a key that is not text"}
     ),
 )
+# Outputs that give hashes nested, beside dotted paths that may repeat what they say.
+HASH_KEYS = ["address", "shipping", "shipping.address", "metadata"]
+PARTS = ["line1", "city", "country", "town", "name", "phone", "address", "address.city", "plan", "k" * 41]
+PART_VALUES = st.one_of(
+    st.sampled_from(["IT", "Milano", "A", ""]),
+    st.none(),
+    st.integers(min_value=0, max_value=3),
+    st.lists(st.sampled_from(["a", "b"]), max_size=2),
+)
+HASH_VALUES: st.SearchStrategy[Any] = st.recursive(
+    st.one_of(st.none(), st.just({}), PART_VALUES),
+    lambda inner: st.dictionaries(st.sampled_from(PARTS), inner, max_size=4),
+    max_leaves=6,
+)
+NESTED_RESULTS = st.tuples(
+    st.dictionaries(
+        st.sampled_from([*PATHS, "address.city", "shipping.address.city", "metadata.k"]),
+        PART_VALUES,
+        max_size=4,
+    ),
+    st.dictionaries(st.sampled_from(HASH_KEYS), HASH_VALUES, min_size=1, max_size=3),
+).flatmap(lambda pair: st.permutations([*pair[0].items(), *pair[1].items()]).map(dict))
 WRITTEN = st.one_of(
     st.just({}),
     st.builds(lambda value: {"email": value}, TEXT),
@@ -425,26 +655,30 @@ WRITTEN = st.one_of(
 
 
 def checked_by_definition(
-    result: dict[Any, Any], written: dict[str, str]
+    result: dict[Any, Any], written: dict[str, str], language: Language = "mapping"
 ) -> tuple[dict[str, Any], list[str]]:
-    problems = type_problems(result)
+    problems = type_problems(result, language)
     if problems:
         return {}, problems
-    payload = {path: stripe_value(path, value) for path, value in result.items()}
+    flat, _ = flat_output(result, language)
+    payload = {path: stripe_value(path, value) for path, value in flat.items()}
     return payload, output_problems({**payload, **written})
 
 
+def has_nan(result: dict[Any, Any]) -> bool:
+    flat, _ = flat_output(result)
+    return any(isinstance(value, float) and math.isnan(value) for value in flat.values())
+
+
 @settings(max_examples=600, deadline=None, database=None)
-@given(result=RESULTS, written=WRITTEN)
+@given(result=st.one_of(RESULTS, NESTED_RESULTS), written=WRITTEN, language=st.sampled_from(LANGUAGES))
 def test_checked_payload_agrees_with_type_problems_then_output_problems(
-    result: dict[Any, Any], written: dict[str, str]
+    result: dict[Any, Any], written: dict[str, str], language: Language
 ) -> None:
-    payload, problems = checked_payload(result, written)
-    expected_payload, expected_problems = checked_by_definition(result, written)
+    payload, problems = checked_payload(result, written, language)
+    expected_payload, expected_problems = checked_by_definition(result, written, language)
     assert sorted(problems) == sorted(expected_problems)
-    assert payload == expected_payload or any(  # NaN never equals itself
-        isinstance(value, float) and math.isnan(value) for value in result.values()
-    )
+    assert payload == expected_payload or has_nan(result)  # NaN never equals itself
 
 
 SAMPLES: list[Any] = [
@@ -455,14 +689,15 @@ SAMPLES: list[Any] = [
 ]
 
 
+@pytest.mark.parametrize("language", LANGUAGES)
 @pytest.mark.parametrize("written", [{}, {"email": "a@b.co"}, {"email": "not an email"}], ids=str)
 def test_checked_payload_agrees_with_its_definition_on_every_path_and_kind_of_value(
-    written: dict[str, str],
+    written: dict[str, str], language: Language
 ) -> None:
-    for path in PATHS:
+    for path in [*PATHS, *HASH_KEYS]:
         for value in SAMPLES:
-            payload, problems = checked_payload({path: value}, written)
-            expected_payload, expected_problems = checked_by_definition({path: value}, written)
+            payload, problems = checked_payload({path: value}, written, language)
+            expected_payload, expected_problems = checked_by_definition({path: value}, written, language)
             assert sorted(problems) == sorted(expected_problems), (path, value)
             if not (isinstance(value, float) and math.isnan(value)):
                 assert payload == expected_payload, (path, value)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sqlite3
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -137,3 +139,146 @@ def test_the_summary_counts_the_calls_retried_after_transient_errors(
     assert summary["retried"] == {"HTTP 503": 2, "rate limited": 1}
     assert (summary["failed"], summary["outcome"]) == (0, "success")
     assert summary["created"] > 10
+
+
+# --------------------------------------------------------------------------------------------
+# Nested outputs: JavaScript and Python may give address, shipping and metadata as objects, and
+# a run then does exactly what the dotted form of the same output does.
+
+TRANSFORMATIONS = {
+    ("javascript", "dotted"): """\
+function transform(p) {
+  var out = {
+    name: p.first_name + ' ' + p.last_name,
+    phone: p.phone,
+    'shipping.name': p.first_name,
+    'shipping.address.line1': 'Via ' + p.last_name + ' 1',
+    'shipping.address.country': p.country,
+    'metadata.plan': p.plan,
+    'metadata.profile_id': p.profile_id,
+    'metadata.lifetime_value': p.lifetime_value
+  };
+  var parts = ['line1', 'line2', 'city', 'state', 'postal_code', 'country'];
+  if (p.city === null) {
+    for (var i = 0; i < parts.length; i++) { out['address.' + parts[i]] = null; }
+  } else {
+    out['address.city'] = p.city;
+    out['address.postal_code'] = p.postal_code;
+    out['address.country'] = p.country;
+  }
+  return out;
+}
+""",
+    ("javascript", "nested"): """\
+function transform(p) {
+  return {
+    name: p.first_name + ' ' + p.last_name,
+    phone: p.phone,
+    address: p.city === null ? null : {city: p.city, postal_code: p.postal_code, country: p.country},
+    shipping: {name: p.first_name, address: {line1: 'Via ' + p.last_name + ' 1', country: p.country}},
+    metadata: {plan: p.plan, profile_id: p.profile_id, lifetime_value: p.lifetime_value}
+  };
+}
+""",
+    ("python", "dotted"): """\
+def transform(p):
+    out = {
+        "name": p["first_name"] + " " + p["last_name"],
+        "phone": p["phone"],
+        "shipping.name": p["first_name"],
+        "shipping.address.line1": "Via " + p["last_name"] + " 1",
+        "shipping.address.country": p["country"],
+        "metadata.plan": p["plan"],
+        "metadata.profile_id": p["profile_id"],
+        "metadata.lifetime_value": p["lifetime_value"],
+    }
+    if p["city"] is None:
+        parts = ("line1", "line2", "city", "state", "postal_code", "country")
+        out.update({"address." + part: None for part in parts})
+    else:
+        out.update(
+            {"address.city": p["city"], "address.postal_code": p["postal_code"], "address.country": p["country"]}
+        )
+    return out
+""",
+    ("python", "nested"): """\
+def transform(p):
+    address = None
+    if p["city"] is not None:
+        address = {"city": p["city"], "postal_code": p["postal_code"], "country": p["country"]}
+    return {
+        "name": p["first_name"] + " " + p["last_name"],
+        "phone": p["phone"],
+        "address": address,
+        "shipping.address": {"line1": "Via " + p["last_name"] + " 1", "country": p["country"]},
+        "shipping.name": p["first_name"],
+        "metadata": {"plan": p["plan"], "profile_id": p["profile_id"], "lifetime_value": p["lifetime_value"]},
+    }
+""",
+}
+
+
+def spec_with(language: str, form: str) -> str:
+    """The sample spec with one of TRANSFORMATIONS, and a ledger of its own per form."""
+    text = SAMPLE.read_text()
+    code = textwrap.indent(TRANSFORMATIONS[language, form], "    ")
+    return (
+        text[: text.index("transformation:")]
+        + f"transformation:\n  {language}: |\n{code}"
+        + f"state:\n  table_prefix: {form}_\n"
+    )
+
+
+def ledger_rows(warehouse: Path, prefix: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(warehouse) as db:
+        return db.execute(
+            f"SELECT profile_key, match_value, payload_hash, field_hashes, status FROM {prefix}ledger "
+            "ORDER BY profile_key"
+        ).fetchall()
+
+
+def stripe_customers(client: Any) -> list[dict[str, Any]]:
+    """What Stripe holds, without what Stripe makes up (ids, timestamps)."""
+    found = [c.to_dict() for c in client.v1.customers.list(params={"limit": 100}).auto_paging_iter()]
+    fields = ("email", "name", "phone", "address", "shipping", "metadata")
+    return sorted(({field: c.get(field) for field in fields} for c in found), key=lambda c: c["email"])
+
+
+@pytest.mark.parametrize("language", ["javascript", "python"])
+def test_a_nested_output_syncs_exactly_as_its_dotted_form(
+    run_steps, language: str, localstripe, stripe_client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if language == "javascript":
+        pytest.importorskip("pyduktape2")
+    monkeypatch.setenv("KRENALIS_KEEP_FILES", "true")  # to compare the records too
+    seen: dict[str, dict[str, Any]] = {}
+    for form in ("dotted", "nested"):
+        localstripe.flush()
+        run, upstream = run_steps(spec_with(language, form))
+        summary = steps.upsert(run)
+        assert summary["outcome"] == "success"
+        with ObjectStoragePath(upstream["records"]).open() as records:
+            payloads = sorted((json.loads(line) for line in records), key=lambda r: r["key"])
+        seen[form] = {
+            "counts": {k: summary[k] for k in ("transformed", "rejected", "created", "updated", "api_calls")},
+            "records": payloads,
+            "customers": stripe_customers(stripe_client),
+            "ledger": ledger_rows(tmp_path / "warehouse.sqlite", f"{form}_"),
+        }
+    dotted, nested = seen["dotted"], seen["nested"]
+    assert nested["counts"] == dotted["counts"]
+    assert dotted["counts"]["created"] > 10 and dotted["counts"]["rejected"].get("invalid output") is None
+    assert nested["records"] == dotted["records"]
+    assert nested["customers"] == dotted["customers"]
+    assert nested["ledger"] == dotted["ledger"] and len(nested["ledger"]) == dotted["counts"]["created"]
+
+    cleared = [r for r in nested["records"] if "address.line1" in r["payload"]]  # address: null
+    assert cleared and all(r["payload"]["address.line1"] is None for r in cleared)
+    customers = nested["customers"]
+    assert all(c["shipping"]["address"]["line1"].startswith("Via ") for c in customers)
+    assert all(set(c["metadata"]) == {"plan", "profile_id", "lifetime_value"} for c in customers)
+    assert any(c["address"] and c["address"]["city"] for c in customers)
+
+    run, _ = run_steps(spec_with(language, "nested"))
+    rerun = steps.upsert(run)
+    assert (rerun["created"], rerun["updated"], rerun["api_calls"]) == (0, 0, {})

@@ -46,7 +46,11 @@ LOADING = -2  # progress value while the source's top-level code runs
 HARNESS = r"""
 (function (global) {
   var parse = JSON.parse, stringify = JSON.stringify, isArray = Array.isArray, keys = Object.keys;
+  var prototypeOf = Object.getPrototypeOf, OBJECT = Object.prototype;
   var MAX_OUTPUT = 65536, SURROGATES = /[\ud800-\udfff]/g;
+  // Objects nested this deep are checked part by part (shipping: {address: {city: …}}); a deeper
+  // one cannot be a Stripe field: it is passed on, and the transform step rejects it.
+  var MAX_NESTING = 2;
 
   function escapeSurrogate(unit) {
     return '\\u' + unit.charCodeAt(0).toString(16);
@@ -87,25 +91,52 @@ HARNESS = r"""
     return 'is ' + kind(value) + '; a field takes a string, number, boolean or null';
   }
 
-  // Why an output that is not plain is wrong (null: it is fine, e.g. a list of locales).
+  // A plain {…} (not a Date, a RegExp or an instance of a class, which JSON would turn into
+  // something else): the nested form of a hash such as address: {city: …}.
+  function isPlainObject(value) {
+    if (value === null || typeof value !== 'object' || isArray(value)) return false;
+    var proto = prototypeOf(value);
+    return proto === OBJECT || proto === null;
+  }
+
+  // Why the fields of an object are wrong (null: they are fine, e.g. a list of locales); the
+  // fields of a nested object are named by their dotted path (address.city).
+  function fieldsProblem(object, prefix, nesting) {
+    var fields = keys(object);
+    for (var i = 0; i < fields.length; i++) {
+      var name = prefix + fields[i], value = object[fields[i]], problem;
+      if (isArray(value)) {
+        for (var j = 0; j < value.length; j++) {
+          if (isArray(value[j]) || (problem = valueProblem(value[j]))) {
+            return 'field "' + name + '": item ' + j + ' ' + (problem || 'is an array');
+          }
+        }
+      } else if (isPlainObject(value)) {
+        if (nesting < MAX_NESTING && (problem = fieldsProblem(value, name + '.', nesting + 1))) return problem;
+      } else if ((problem = valueProblem(value))) {
+        return 'field "' + name + '" ' + problem;
+      }
+    }
+    return null;
+  }
+
+  // The output as JSON; an object nested past MAX_NESTING may hold a cycle, which is the
+  // profile's problem, not a line of this harness.
+  function serialise(output) {
+    try {
+      return stringify(output);
+    } catch (error) {
+      if (error instanceof Error && error.message === 'alloc failed') throw error;
+      return stringify('the output cannot be turned into JSON: ' + (error instanceof Error ? error.message : String(error)));
+    }
+  }
+
+  // Why an output that is not plain is wrong (null: it is fine, e.g. nested or a list of locales).
   function outputProblem(output) {
     if (output === null || typeof output !== 'object' || isArray(output)) {
       return 'transform must return an object of Stripe fields such as {"name": …}, not ' + kind(output);
     }
-    var fields = keys(output);
-    for (var i = 0; i < fields.length; i++) {
-      var value = output[fields[i]], problem;
-      if (isArray(value)) {
-        for (var j = 0; j < value.length; j++) {
-          if (isArray(value[j]) || (problem = valueProblem(value[j]))) {
-            return 'field "' + fields[i] + '": item ' + j + ' ' + (problem || 'is an array');
-          }
-        }
-      } else if ((problem = valueProblem(value))) {
-        return 'field "' + fields[i] + '" ' + problem;
-      }
-    }
-    return null;
+    return fieldsProblem(output, '', 0);
   }
 
   return function bind(tick, memoryLimit) {
@@ -121,7 +152,7 @@ HARNESS = r"""
         try {
           output = transform(profiles[i]);
           problem = plain(output) ? null : outputProblem(output);
-          part = stringify(problem === null ? output : problem);
+          part = problem === null ? serialise(output) : stringify(problem);
           if (part.length > MAX_OUTPUT) part = stringify('the output is larger than 64 KiB');
         } catch (error) {
           if (error instanceof Error && error.message === 'alloc failed') {

@@ -81,6 +81,7 @@ def _finish(
         return
     key_column, matching = spec.source.key, spec.export.matching
     written = _written_field(spec)
+    language = spec.transformation.language  # the words of the hints in rejections
     for profile, result in zip(batch, transformer.transform_batch(batch), strict=True):
         key = profile.get(key_column)
         if type(key) is not str:
@@ -94,7 +95,7 @@ def _finish(
             match = match_value.lower() if matching.stripe == "email" else match_value  # normalise_match
         else:
             match_value, match = stripe_text(raw), normalise_match(matching.stripe, raw)
-        payload, problems = checked_payload(result, {written: match_value} if written else {})
+        payload, problems = checked_payload(result, {written: match_value} if written else {}, language)
         if problems:
             yield Rejection(key, STEP, "invalid output", "; ".join(problems))
             continue

@@ -5,7 +5,12 @@ value rejects one profile with a precise reason instead of failing a Stripe call
 passes, because coercion (``stripe_value``) hides types:
 
 * ``type_problems`` looks at the raw output: a list or a dict where text is expected would
-  otherwise be sent as its Python ``repr``;
+  otherwise be sent as its Python ``repr``. The raw output may give the hashes ``address``,
+  ``shipping``, ``shipping.address`` and ``metadata`` as nested objects (``{"address": {"city":
+  …}}``, the shape JavaScript and Python authors write): ``flat_output`` turns them into the same
+  dotted paths first, so both forms mean exactly the same. Hints name the transformation's
+  language (``|tojson`` in a mapping, ``JSON.stringify(value)`` in JavaScript, ``json.dumps(value)``
+  in Python);
 * ``output_problems`` looks at the coerced flat payload (text, ``None`` for "clear", a list of
   text for ``preferred_locales``): fields, lengths, formats, metadata limits.
 
@@ -34,10 +39,10 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import date, time
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
-from krenalis_airflow.core.fields import METADATA_PREFIX, field_problem
+from krenalis_airflow.core.fields import GROUPS, METADATA_PREFIX, field_problem
 
 MAX_LENGTH = {
     "name": 256,
@@ -79,14 +84,122 @@ LOCALE = re.compile(r"^[a-z]{2,3}(?:-[A-Z][a-z]{3})?(?:-(?:[A-Z]{2}|[0-9]{3}))?$
 # What a transformation may return for a field, before coercion to text.
 SCALARS = (str, int, float, Decimal, date, time, UUID)
 
+Language = Literal["mapping", "javascript", "python"]
 
-def type_problems(result: Mapping[str, Any]) -> list[str]:
-    """``"<field>: <problem>"`` for every raw output value that has no sensible text form."""
-    problems = []
+# The hashes an output may give as nested objects, and the parts that null clears in each.
+# ``metadata`` has no parts: null would delete every key, including keys the pipeline does not own.
+HASHES: dict[str, tuple[str, ...]] = {
+    "address": GROUPS["address"],
+    "shipping": GROUPS["shipping"],
+    "shipping.address": tuple(path for path in GROUPS["shipping"] if path.startswith("shipping.address.")),
+    "metadata": (),
+}
+
+# Hints and reasons, in the words of the language that produced the value.
+_OBJECT_HINT = {
+    "mapping": "an object is not text; send it as JSON text with |tojson, or pick one of its keys",
+    "javascript": (
+        "an object is not text; send it as JSON text with JSON.stringify(value), "
+        "or pick one of its properties"
+    ),
+    "python": "a dict is not text; send it as JSON text with json.dumps(value), or pick one of its keys",
+}
+_LIST_HINT = {
+    "mapping": "a list is not text; join it (|join(', ')) or pick one element",
+    "javascript": "an array is not text; join it (value.join(', ')) or pick one element",
+    "python": 'a {kind} is not text; join it (", ".join(value)) or pick one element',
+}
+_METADATA_NULL = {
+    "mapping": "metadata: null would delete keys this pipeline does not own; "
+    "set each key to null, e.g. metadata.plan: none",
+    "javascript": "metadata: null would delete keys this pipeline does not own; "
+    "set each key to null, e.g. metadata: {plan: null}",
+    "python": "metadata: None would delete keys this pipeline does not own; "
+    'set each key to None, e.g. "metadata": {"plan": None}',
+}
+
+
+def flat_output(
+    result: Mapping[Any, Any], language: Language = "mapping"
+) -> tuple[dict[Any, Any], list[str]]:
+    """``result`` with its nested hashes as dotted paths, and the problems of its shape.
+
+    ``{"address": {"city": "Milano"}, "shipping": {"address": {"line1": "…"}}}`` is
+    ``{"address.city": "Milano", "shipping.address.line1": "…"}``: a nested object means exactly
+    what its dotted paths mean, and any key in it becomes a path (``address.town`` is then an
+    unknown field, as it would be written dotted). Null for ``address``, ``shipping`` or
+    ``shipping.address`` clears each of its parts; null for ``metadata`` is a problem (it would
+    delete keys other systems wrote); ``{}`` writes nothing. A path given twice (dotted and
+    nested) must have the same value both times. Other values, keys that are not text included,
+    are left as they are, for ``type_problems`` to judge.
+    """
+    flat: dict[Any, Any] = {}
+    problems: list[str] = []
+    conflicts: list[str] = []
     for path, value in result.items():
+        if path in HASHES and (value is None or type(value) is dict or isinstance(value, Mapping)):
+            _flatten_hash(path, value, flat, problems, conflicts, language)
+        elif path not in flat:  # keys that are not text too: type_problems names them
+            flat[path] = value
+        elif not _same(flat[path], value) and path not in conflicts:
+            conflicts.append(path)
+    problems += [f"{path}: given twice, with different values" for path in conflicts]
+    return flat, problems
+
+
+def _flatten_hash(
+    path: str,
+    value: Mapping[Any, Any] | None,
+    flat: dict[Any, Any],
+    problems: list[str],
+    conflicts: list[str],
+    language: Language,
+) -> None:
+    """Add the hash ``path`` (an object, or null) to ``flat`` as dotted paths."""
+    parts: list[tuple[str, Any]] = []
+    if value is None:
+        if path == "metadata":
+            problems.append(_METADATA_NULL[language])
+        parts += [(part, None) for part in HASHES[path]]
+    else:
+        for key, item in value.items():
+            if type(key) is str:
+                parts.append((f"{path}.{key}", item))
+            else:
+                problems.append(f"{path}: the key {key!r} must be text")
+    for part, item in parts:
+        if part in HASHES and (item is None or type(item) is dict or isinstance(item, Mapping)):
+            _flatten_hash(part, item, flat, problems, conflicts, language)
+        elif part not in flat:
+            flat[part] = item
+        elif not _same(flat[part], item) and part not in conflicts:
+            conflicts.append(part)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two values given for one path mean the same: equal and of one type, or both "clear"."""
+    if (a is None or (type(a) is str and not a)) and (b is None or (type(b) is str and not b)):
+        return True
+    return type(a) is type(b) and bool(a == b)
+
+
+def type_problems(result: Mapping[Any, Any], language: Language = "mapping") -> list[str]:
+    """``"<field>: <problem>"`` for every raw output value that has no sensible text form, and
+    every problem of the output's shape (``flat_output``); hints are in ``language``'s words."""
+    flat, problems = flat_output(result, language)
+    return problems + _value_problems(flat, language)
+
+
+def _value_problems(flat: Mapping[Any, Any], language: Language) -> list[str]:
+    problems = []
+    for path, value in flat.items():
         if type(path) is not str:
             problems.append(f"{path!r}: a field name must be text")
-        elif value is not None and type(value) not in _PLAIN and (problem := _type_problem(path, value)):
+        elif (
+            value is not None
+            and type(value) not in _PLAIN
+            and (problem := _type_problem(path, value, language))
+        ):
             problems.append(f"{path}: {problem}")
     return problems
 
@@ -94,22 +207,22 @@ def type_problems(result: Mapping[str, Any]) -> list[str]:
 _PLAIN = frozenset({str, int, bool})  # the common case, checked without a call
 
 
-def _type_problem(path: str, value: Any) -> str | None:
+def _type_problem(path: str, value: Any, language: Language) -> str | None:
     if path == "preferred_locales" and isinstance(value, list | tuple):
-        bad = next((item for item in value if item is not None and _scalar_problem(item)), None)
+        bad = next((item for item in value if item is not None and _scalar_problem(item, language)), None)
         return None if bad is None else f"a locale must be text, not {_kind(bad)}"
-    return _scalar_problem(value)
+    return _scalar_problem(value, language)
 
 
-def _scalar_problem(value: Any) -> str | None:
+def _scalar_problem(value: Any, language: Language) -> str | None:
     if isinstance(value, float) and not math.isfinite(value):
         return f"{value!r} is not a number Stripe can store"
     if isinstance(value, SCALARS):
         return None
     if isinstance(value, Mapping):
-        return "an object is not text; send it as JSON text with |tojson, or pick one of its keys"
+        return _OBJECT_HINT[language]
     if isinstance(value, list | tuple | set | frozenset):
-        return "a list is not text; join it (|join(', ')) or pick one element"
+        return _LIST_HINT[language].format(kind=type(value).__name__)
     return f"{_kind(value)} is not text, a number, a boolean or null"
 
 
@@ -131,15 +244,19 @@ def output_problems(payload: Mapping[str, Any]) -> list[str]:
 
 
 def checked_payload(
-    result: Mapping[str, Any], written: Mapping[str, str]
+    result: Mapping[str, Any], written: Mapping[str, str], language: Language = "mapping"
 ) -> tuple[dict[str, Any], list[str]]:
     """A transformation's output coerced to a payload (``stripe_value``), and every reason Stripe
-    would refuse it: ``type_problems(result)`` when there are any (with an empty payload), else
-    ``output_problems`` of the payload with ``written`` over it (the matching field a create
-    writes, which is checked in place of the payload's own value of that field).
+    would refuse it: ``type_problems(result, language)`` when there are any (with an empty
+    payload), else ``output_problems`` of the payload (``flat_output(result)``, coerced) with
+    ``written`` over it (the matching field a create writes, which is checked in place of the
+    payload's own value of that field).
 
     Run for every record, so the common case is kept to a few operations: text that a field's
-    rule accepts on sight (``_Rule.fits``) is neither coerced nor checked by a call.
+    rule accepts on sight (``_Rule.fits``) is neither coerced nor checked by a call. An output that
+    gives a hash (``address``, ``shipping``, ``shipping.address``, ``metadata``) as an object or
+    null is flattened (``flat_output``) and checked again, flat: only such outputs pay for it.
+    ``language`` picks the wording of the hints.
     """
     payload: dict[str, Any] = {}
     problems: list[str] = []
@@ -167,10 +284,16 @@ def checked_payload(
             payload[path] = None
             if rule.null_ok:
                 continue
+            if path in HASHES:  # address: null (an unknown field, or a whole hash cleared)
+                return _checked_nested(result, written, language)
         else:
+            if kind is dict and path in HASHES:  # address: {city: …}
+                return _checked_nested(result, written, language)
             if kind is float and path != "preferred_locales" and math.isfinite(value):
                 value = str(int(value)) if value.is_integer() else str(value)
-            elif kind not in _PLAIN and (problem := _type_problem(path, value)):
+            elif kind not in _PLAIN and (problem := _type_problem(path, value, language)):
+                if path in HASHES and isinstance(value, Mapping):  # a mapping that is not a dict
+                    return _checked_nested(result, written, language)
                 wrong_types.append(f"{path}: {problem}")
                 continue
             else:
@@ -193,6 +316,16 @@ def checked_payload(
     ):
         problems += _payload_problems({**payload, **written})
     return payload, problems
+
+
+def _checked_nested(
+    result: Mapping[str, Any], written: Mapping[str, str], language: Language
+) -> tuple[dict[str, Any], list[str]]:
+    """``checked_payload`` of an output that gives a hash nested (or null): checked flat."""
+    flat, problems = flat_output(result, language)
+    if problems:
+        return {}, problems + _value_problems(flat, language)
+    return checked_payload(flat, written, language)  # no hash left to flatten: no recursion
 
 
 def _payload_problems(payload: Mapping[str, Any]) -> list[str]:
