@@ -1,12 +1,10 @@
-"""Airflow DAG file: one DAG per pipeline spec (YAML) in the pipelines folder.
+"""Airflow DAG file: one DAG per pipeline spec (YAML) in the pipelines folder,
+$KRENALIS_PIPELINES_DIR or pipelines/ beside this file. A broken spec becomes a paused
+'broken-spec' DAG; this file never raises, so no pipeline hides another.
 
-The folder is ``$KRENALIS_PIPELINES_DIR``, or ``pipelines/`` beside this file.
+Written by `krenalis-airflow init`; the logic lives in the installed package.
 """
 
-from __future__ import annotations
+from krenalis_airflow.dag_factory import pipeline_dags
 
-from pathlib import Path
-
-from krenalis_airflow.dag_factory import build_dags, pipelines_dir
-
-globals().update(build_dags(pipelines_dir(Path(__file__).parent / "pipelines")))
+globals().update(pipeline_dags(__file__))

@@ -18,6 +18,8 @@ def get_provider_info() -> dict[str, Any]:
         "name": "Krenalis",
         "description": "Sync customer profiles from a SQL warehouse to Stripe customers.",
         "versions": [__version__],
+        # Airflow 3.3 replaces this with the distribution's "Documentation" Project-URL, if any.
+        "documentation-url": "https://pypi.org/project/krenalis-airflow/",
         "integrations": [
             {
                 "integration-name": "Stripe",
@@ -68,4 +70,33 @@ def get_provider_info() -> dict[str, Any]:
                 },
             }
         ],
+        # `airflow config list --section krenalis`. The code reads KRENALIS_<OPTION> first, then
+        # [krenalis] <option> (AIRFLOW__KRENALIS__<OPTION>): see operators/storage.py.
+        "config": {
+            "krenalis": {
+                "description": "Settings of the Krenalis provider (Stripe customer sync). Each option can "
+                "also be set with the environment variable KRENALIS_<OPTION>, which takes precedence.",
+                "options": {
+                    "storage_base": {
+                        "description": "Where each run's files live: <base>/<dag_id>/<run_id>/. Any "
+                        "ObjectStoragePath URL; with several workers it must be storage they all "
+                        "share (object storage, naming the connection before the @). Empty: "
+                        "file://$AIRFLOW_HOME/krenalis. Environment variable: KRENALIS_STORAGE_BASE.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "s3://aws_default@my-bucket/krenalis",
+                        "default": None,
+                    },
+                    "keep_files": {
+                        "description": "Keep the profile files (whole profiles: personal data) of "
+                        "successful runs; by default they are deleted once the upsert succeeds. "
+                        "Environment variable: KRENALIS_KEEP_FILES.",
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "True",
+                        "default": "False",
+                    },
+                },
+            }
+        },
     }

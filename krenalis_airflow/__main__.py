@@ -9,15 +9,18 @@
   customers would be created, updated, left unchanged or rejected, with samples.
 * ``schema``: print the JSON Schema of the spec format (for editor autocompletion).
 * ``sample-warehouse PATH``: build the SQLite sample warehouse the quick start syncs.
+* ``init DAGS_FOLDER [--force]``: write the provider's two DAG files into an Airflow DAGs folder,
+  and ``pipelines/`` with a sample spec when the folder has none.
 
-``validate``, ``schema`` and ``sample-warehouse`` import only the pure core; ``preview`` and
-``plan`` use Airflow's connections (``AIRFLOW_CONN_*``, the metadata DB or a secrets backend).
+``validate``, ``schema`` and ``sample-warehouse`` import only the pure core, ``init`` no Airflow either;
+``preview`` and ``plan`` use Airflow's connections (``AIRFLOW_CONN_*``, the metadata DB or a secrets backend).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -88,6 +91,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("--seed", type=int, default=7, metavar="S", help="random seed (default 7)")
     sample.set_defaults(run=_sample_warehouse)
+
+    init = commands.add_parser(
+        "init",
+        help="write the DAG files (and a sample pipeline) into an Airflow DAGs folder",
+        description="Write krenalis_pipelines.py (one DAG per pipeline spec) and krenalis_spec_check.py "
+        "(broken specs as an import error) into DAGS_FOLDER, plus pipelines/ with a sample spec "
+        "(disabled) when DAGS_FOLDER has no pipelines/. The DAG files only import the installed "
+        "package, so upgrading it needs no new init. An existing file is never replaced without "
+        "--force; an existing pipelines/ folder is never touched.",
+    )
+    init.add_argument("folder", type=Path, metavar="DAGS_FOLDER", help="Airflow's DAGs folder")
+    init.add_argument(
+        "--force", action="store_true", help="replace DAG files that differ from what init writes"
+    )
+    init.set_defaults(run=_init)
     return parser
 
 
@@ -231,6 +249,43 @@ def _sample_warehouse(args: argparse.Namespace) -> int:
 
     written = write_sqlite_warehouse(args.path, profiles=args.profiles, seed=args.seed)
     print(f"Wrote {written} customer profiles to {args.path} (table {TABLE}, seed {args.seed})")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# init
+
+
+def _init(args: argparse.Namespace) -> int:
+    from krenalis_airflow.dag_files import SAMPLE_SPEC, InitError, init_dags_folder
+
+    try:
+        report = init_dags_folder(args.folder, force=args.force)
+    except InitError as exc:
+        print(f"krenalis-airflow init: {exc}", file=sys.stderr)
+        return 1
+    for path in report.written:
+        note = " (a sample pipeline, disabled)" if path.name == SAMPLE_SPEC else ""
+        print(f"Wrote {path}{note}")
+    for path in report.unchanged:
+        print(f"Unchanged {path} (already up to date)")
+    for path in report.kept:
+        print(f"Kept {path}/ (existing pipeline specs are never touched)")
+    pipelines = report.pipelines
+    sample = f" ({SAMPLE_SPEC}: a disabled example)" if pipelines / SAMPLE_SPEC in report.written else ""
+    print(
+        "\nNext steps:\n"
+        f"  1. Put one YAML spec per pipeline in {pipelines}/{sample}; check them with\n"
+        f"       krenalis-airflow validate {pipelines}/\n"
+        "     (Specs elsewhere: set KRENALIS_PIPELINES_DIR to their folder on every Airflow component.)\n"
+        "  2. Define the connections the specs name (the sample's: warehouse and stripe_default).\n"
+        f"  3. Make sure {report.folder} is Airflow's DAGs folder (airflow config get-value core dags_folder)."
+    )
+    configured = os.environ.get("KRENALIS_PIPELINES_DIR")
+    if configured:
+        print(
+            f"\nNote: KRENALIS_PIPELINES_DIR is set here ({configured}): the DAG files read specs from there."
+        )
     return 0
 
 

@@ -33,8 +33,27 @@ def pipelines_dir(default: str | Path) -> Path:
     return Path(os.environ.get("KRENALIS_PIPELINES_DIR") or default)
 
 
+def _dag_file_pipelines(dag_file: str | Path) -> Path:
+    """The pipelines folder of a DAG file: ``$KRENALIS_PIPELINES_DIR``, or ``pipelines/`` beside it."""
+    return pipelines_dir(Path(dag_file).parent / "pipelines")
+
+
+def pipeline_dags(dag_file: str | Path) -> dict[str, DAG]:
+    """The DAGs of the DAG file ``krenalis_pipelines.py`` (``dag_file`` is its ``__file__``).
+
+    The file does ``globals().update(pipeline_dags(__file__))``; it lives here, not in the file,
+    so a deployment's DAGs folder (written by ``krenalis-airflow init``) never goes stale.
+    """
+    return build_dags(_dag_file_pipelines(dag_file))
+
+
+def check_pipeline_specs(dag_file: str | Path) -> None:
+    """What the DAG file ``krenalis_spec_check.py`` runs: ``check_specs`` on its pipelines folder."""
+    check_specs(_dag_file_pipelines(dag_file))
+
+
 class BrokenPipelineSpecs(KrenalisError):
-    """Raised by ``dags/krenalis_spec_check.py`` so Airflow lists broken specs as an import error."""
+    """Raised by the DAG file ``krenalis_spec_check.py`` so Airflow lists broken specs as an import error."""
 
 
 def check_specs(folder: str | Path) -> None:

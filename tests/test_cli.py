@@ -1,4 +1,4 @@
-"""The command line: ``validate`` and ``sample-warehouse``."""
+"""The command line: ``validate``, ``sample-warehouse`` and ``init``."""
 
 from __future__ import annotations
 
@@ -226,3 +226,188 @@ def test_sample_warehouse_rejects_bad_counts(
     assert exited.value.code == 2
     assert "--profiles" in capsys.readouterr().err
     assert not (tmp_path / "w.sqlite").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# init: the DAGs folder of a deployment from the installed package alone
+
+DAG_FILE_NAMES = ["krenalis_pipelines.py", "krenalis_spec_check.py"]
+
+
+def test_repo_dag_files_are_what_init_writes() -> None:
+    from krenalis_airflow.dag_files import DAG_FILES
+
+    repo = {path.name: path.read_text(encoding="utf-8") for path in (ROOT / "dags").glob("*.py")}
+    assert repo == DAG_FILES, "dags/*.py must be exactly krenalis_airflow.dag_files.DAG_FILES"
+    for text in DAG_FILES.values():  # Airflow's DAG discovery safe mode skips files without both words
+        assert "airflow" in text.lower() and "dag" in text.lower()
+        imports = [line for line in text.splitlines() if line.startswith(("import ", "from "))]
+        assert len(imports) == 1 and imports[0].startswith("from krenalis_airflow.dag_factory import ")
+
+
+def test_init_writes_the_dag_files_and_a_disabled_sample(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KRENALIS_PIPELINES_DIR", raising=False)
+    status, lines = run(capsys, "init", tmp_path)
+    assert status == 0
+    sample = tmp_path / "pipelines" / "sample_customers.yaml"
+    assert lines[:3] == [
+        f"Wrote {tmp_path / 'krenalis_pipelines.py'}",
+        f"Wrote {tmp_path / 'krenalis_spec_check.py'}",
+        f"Wrote {sample} (a sample pipeline, disabled)",
+    ]
+    assert "Next steps:" in lines and any(
+        f"krenalis-airflow validate {tmp_path / 'pipelines'}/" in x for x in lines
+    )
+    assert "KRENALIS_PIPELINES_DIR" in "\n".join(lines)
+    for name in DAG_FILE_NAMES:
+        assert (tmp_path / name).read_text(encoding="utf-8") == (ROOT / "dags" / name).read_text(
+            encoding="utf-8"
+        )
+    # The sample as shipped, but disabled: a new deployment has no `warehouse` connection yet.
+    original = (PIPELINES / "sample_customers.yaml").read_text(encoding="utf-8").splitlines()
+    written = sample.read_text(encoding="utf-8").splitlines()
+    changed = [(a, b) for a, b in zip(original, written, strict=True) if a != b]
+    assert (
+        len(changed) == 1 and changed[0][0] == "enabled: true" and changed[0][1].startswith("enabled: false")
+    )
+    assert load_spec(sample).enabled is False
+
+
+def test_init_twice_leaves_everything_as_it_is(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "init", tmp_path)[0] == 0
+    (tmp_path / "pipelines" / "sample_customers.yaml").write_text("# mine\n", encoding="utf-8")
+    status, lines = run(capsys, "init", tmp_path)
+    assert status == 0
+    assert lines[:3] == [
+        f"Unchanged {tmp_path / 'krenalis_pipelines.py'} (already up to date)",
+        f"Unchanged {tmp_path / 'krenalis_spec_check.py'} (already up to date)",
+        f"Kept {tmp_path / 'pipelines'}/ (existing pipeline specs are never touched)",
+    ]
+    assert (tmp_path / "pipelines" / "sample_customers.yaml").read_text(encoding="utf-8") == "# mine\n"
+
+
+def test_init_never_overwrites_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mine = tmp_path / "krenalis_spec_check.py"
+    mine.write_text("# my own DAG file\n", encoding="utf-8")
+    status = main(["init", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert status == 1 and out == ""
+    assert err == (
+        f"krenalis-airflow init: {mine}: already exists and differs from what init writes; nothing was "
+        "written. Rerun with --force to replace the DAG files (pipeline specs are never touched).\n"
+    )
+    assert mine.read_text(encoding="utf-8") == "# my own DAG file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["krenalis_spec_check.py"]  # nothing written
+
+
+def test_init_force_replaces_dag_files_but_never_specs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in DAG_FILE_NAMES:
+        (tmp_path / name).write_text("# stale\n", encoding="utf-8")
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "mine.yaml").write_text(good(), encoding="utf-8")
+    status, lines = run(capsys, "init", tmp_path, "--force")
+    assert status == 0
+    assert lines[:3] == [
+        f"Wrote {tmp_path / 'krenalis_pipelines.py'}",
+        f"Wrote {tmp_path / 'krenalis_spec_check.py'}",
+        f"Kept {tmp_path / 'pipelines'}/ (existing pipeline specs are never touched)",
+    ]
+    for name in DAG_FILE_NAMES:
+        assert (tmp_path / name).read_text(encoding="utf-8") == (ROOT / "dags" / name).read_text(
+            encoding="utf-8"
+        )
+    assert [p.name for p in (tmp_path / "pipelines").iterdir()] == ["mine.yaml"]
+
+
+@pytest.mark.parametrize(
+    "setup, expected",
+    [
+        ("missing", "{dags}: no such folder. Create it, or give Airflow's DAGs folder"),
+        ("file", "{dags}: not a folder; give Airflow's DAGs folder."),
+        ("pipelines-file", "{dags}/pipelines: exists and is not a folder; nothing was written."),
+        ("dag-file-dir", "{dags}/krenalis_pipelines.py: a folder is in the way of the DAG file"),
+        ("not-writable", "{dags}: not writable by this user; nothing was written."),
+    ],
+)
+def test_init_expected_failures_are_one_message_and_exit_1(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    setup: str,
+    expected: str,
+) -> None:
+    dags = tmp_path / "dags"
+    if setup == "file":
+        dags.write_text("", encoding="utf-8")
+    elif setup != "missing":
+        dags.mkdir()
+    if setup == "pipelines-file":
+        (dags / "pipelines").write_text("", encoding="utf-8")
+    if setup == "dag-file-dir":
+        (dags / "krenalis_pipelines.py").mkdir()
+    if setup == "not-writable":  # chmod does not stop root, who may run the tests
+        monkeypatch.setattr("krenalis_airflow.dag_files.os.access", lambda *_: False)
+    status = main(["init", str(dags)])
+    out, err = capsys.readouterr()
+    assert (status, out) == (1, "")
+    assert err.startswith("krenalis-airflow init: " + expected.format(dags=dags)), err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert setup != "missing" or not dags.exists()
+    if dags.is_dir():
+        assert not (dags / "krenalis_spec_check.py").exists()
+
+
+def test_init_reports_a_failed_write_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self: Path, *args: object, **kwargs: object) -> int:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "write_text", refuse)
+    status = main(["init", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert (status, out) == (1, "")
+    assert (
+        err
+        == f"krenalis-airflow init: {tmp_path / 'krenalis_pipelines.py'}: cannot write: Permission denied\n"
+    )
+
+
+def test_written_dag_files_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What Airflow sees in the folder init wrote: the sample's DAG (paused), then a broken spec."""
+    import runpy
+
+    from krenalis_airflow.dag_factory import BrokenPipelineSpecs
+
+    monkeypatch.delenv("KRENALIS_PIPELINES_DIR", raising=False)
+    assert main(["init", str(tmp_path)]) == 0
+    namespace = runpy.run_path(str(tmp_path / "krenalis_pipelines.py"))
+    dag = namespace["sample_customers"]
+    assert [t.task_id for t in dag.topological_sort()] == ["extract", "transform", "dedupe", "upsert"]
+    assert dag.is_paused_upon_creation is True and dag.schedule is None
+    runpy.run_path(str(tmp_path / "krenalis_spec_check.py"))  # no broken spec: no import error
+
+    (tmp_path / "pipelines" / "broken.yaml").write_text(BAD, encoding="utf-8")
+    namespace = runpy.run_path(str(tmp_path / "krenalis_pipelines.py"))  # never raises
+    assert "sample_customers" in namespace and "bad_one" in namespace
+    with pytest.raises(BrokenPipelineSpecs, match=r"1 pipeline spec in .*pipelines cannot run"):
+        runpy.run_path(str(tmp_path / "krenalis_spec_check.py"))
+
+
+def test_init_runs_without_airflow(tmp_path: Path) -> None:
+    probe = (
+        "import sys\n"
+        "from krenalis_airflow.__main__ import main\n"
+        f"status = main(['init', {str(tmp_path)!r}])\n"
+        "assert not [m for m in sys.modules if m == 'airflow' or m.startswith('airflow.')], 'airflow imported'\n"
+        "sys.exit(status)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "pipelines" / "sample_customers.yaml").is_file()
