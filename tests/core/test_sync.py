@@ -490,3 +490,53 @@ def test_many_missing_ids_are_found_by_one_listing(stripe_client, ledger, monkey
     result = Syncer(StripeCustomers(stripe_client), ledger, opts).run(lambda: iter(records))
     assert (result.updated, sum(result.skipped.values())) == (1, 2)
     assert dict(result.api_calls) == {"customers.list": 1, "customers.update": 1}
+
+
+def test_every_writable_field_set_changed_and_cleared_in_requests_stripe_accepts(sync, stripe_client) -> None:
+    """Runs every writable field through create, change and clear: the contract check of the
+    localstripe wrapper (tests/support/stripe_contract.py) fails this test on any request real
+    Stripe would refuse."""
+    first = {
+        "name": "Ada",
+        "phone": "+39 06 1234",
+        "description": "VIP",
+        "preferred_locales": ["it"],
+        "tax_exempt": "exempt",
+        **{f"address.{part}": f"A {part}" for part in ("line1", "line2", "city", "state", "postal_code")},
+        "address.country": "IT",
+        "shipping.name": "Ada",
+        "shipping.phone": "+39 06 5678",
+        **{
+            f"shipping.address.{part}": f"S {part}"
+            for part in ("line1", "line2", "city", "state", "postal_code")
+        },
+        "shipping.address.country": "IT",
+        "metadata.plan": "pro",
+        "metadata.crm.id": "42",
+    }
+    assert sync([record("p1", "ada@example.com", **first)]).created == 1
+    changed = {
+        path: (value + "!" if isinstance(value, str) and "country" not in path else value)
+        for path, value in first.items()
+    }
+    changed |= {"preferred_locales": ["en", "it"], "tax_exempt": "reverse", "address.country": "DE"}
+    assert sync([record("p1", "ada@example.com", **changed)]).updated == 1
+    stored = by_email(stripe_client)["ada@example.com"]
+    assert (stored["name"], stored["tax_exempt"], stored["address"]["country"]) == ("Ada!", "reverse", "DE")
+    assert stored["shipping"]["address"]["line2"] == "S line2!"
+
+    partial = {**changed, "address.line2": None, "shipping.address.line2": None, "metadata.plan": None}
+    assert sync([record("p1", "ada@example.com", **partial)]).updated == 1
+    stored = by_email(stripe_client)["ada@example.com"]
+    assert stored["address"]["line2"] in (None, "") and stored["address"]["city"] == "A city!"
+    assert {k: v for k, v in stored["metadata"].items() if v} == {"crm.id": "42!"}  # localstripe keeps ""
+
+    cleared = {path: None for path in changed if path != "preferred_locales"} | {"preferred_locales": ["en"]}
+    result = sync([record("p1", "ada@example.com", **cleared)])
+    assert (result.updated, result.rejections) == (1, [])
+    stored = by_email(stripe_client)["ada@example.com"]
+    assert (
+        stored["shipping"] is None and stored["tax_exempt"] == "none" and not any(stored["metadata"].values())
+    )
+    assert stored["name"] in (None, "") and stored["preferred_locales"] == ["en"]
+    assert sync([record("p1", "ada@example.com", **cleared)], full_resync=True).updated == 0
