@@ -1,8 +1,10 @@
 """Spec → plan → DAG. Every spec is loaded, planned and rendered on its own: one bad spec never
 hides, stalls or marks stale another pipeline's DAG.
 
-A spec that fails becomes a paused placeholder DAG (tag ``broken-spec``) whose description and
+A spec that fails becomes an unscheduled placeholder DAG (tag ``broken-spec``) whose description and
 docs show the error and whose only task fails with it, so the person who broke it sees why.
+A spec's DAG is never paused by the spec: ``enabled: false`` means no schedule and runs that skip
+every step (see ``plan_pipeline``), and Airflow's pause toggle stays the operators' switch on top.
 ``check_specs``, run by a second DAG file that defines no DAG, also raises for broken specs so
 Airflow lists them under "DAG Import Errors": an import error belongs to a file and marks that
 file's DAGs stale, and that file has none, so no pipeline is hidden.
@@ -66,7 +68,7 @@ def check_specs(folder: str | Path) -> None:
     if errors:
         count = f"{len(errors)} pipeline spec{'s' if len(errors) > 1 else ''}"
         raise BrokenPipelineSpecs(
-            f"{count} in {folder} cannot run; each is listed as a paused 'broken-spec' DAG and the "
+            f"{count} in {folder} cannot run; each is listed as a 'broken-spec' placeholder DAG and the "
             "other pipelines are not affected:\n\n" + "\n\n".join(errors)
         )
 
@@ -105,7 +107,7 @@ def render(plan: PipelinePlan) -> DAG:
         start_date=START,
         catchup=False,
         max_active_runs=1,
-        is_paused_upon_creation=plan.paused,
+        is_paused_upon_creation=plan.paused,  # False: `enabled` lives in the schedule, not the pause
         tags=set(plan.tags),
         default_args=DEFAULT_ARGS,
         params={
@@ -151,7 +153,9 @@ def render_broken(plan: BrokenPlan) -> DAG:
         schedule=None,
         start_date=START,
         catchup=False,
-        is_paused_upon_creation=True,
+        # Never paused: a placeholder has no schedule, and its dag_id is the pipeline's, so a
+        # placeholder created paused would leave the fixed pipeline paused (decided when first seen).
+        is_paused_upon_creation=False,
         tags=set(plan.tags),
     ) as dag:
         PythonOperator(task_id="report_spec_error", python_callable=_fail(plan.error), retries=0)

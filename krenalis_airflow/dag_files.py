@@ -26,7 +26,7 @@ SAMPLE_SPEC = "sample_customers.yaml"
 DAG_FILES: dict[str, str] = {
     PIPELINES_FILE: '''\
 """Airflow DAG file: one DAG per pipeline spec (YAML) in the pipelines folder,
-$KRENALIS_PIPELINES_DIR or pipelines/ beside this file. A broken spec becomes a paused
+$KRENALIS_PIPELINES_DIR or pipelines/ beside this file. A broken spec becomes an unscheduled
 'broken-spec' DAG; this file never raises, so no pipeline hides another.
 
 Written by `krenalis-airflow init`; the logic lives in the installed package.
@@ -51,7 +51,7 @@ check_pipeline_specs(__file__)
 }
 
 # A new deployment has no `warehouse` connection yet: an enabled sample would start unpaused and
-# fail every hour, so init writes it disabled (listed, paused, no schedule).
+# fail every hour, so init writes it disabled (listed, no schedule, runs skip until enabled).
 _ENABLED = "\nenabled: true\n"
 _DISABLED = "\nenabled: false  # written by `krenalis-airflow init`: true once the connections exist\n"
 

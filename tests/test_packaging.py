@@ -115,7 +115,8 @@ def test_the_wheel_installed_alone_gives_a_working_dags_folder(tmp_path: Path) -
     parsed = json.loads(sh(bin_ / "python", "-c", PARSE, dags).splitlines()[-1])
     assert Path(parsed["package"]).is_relative_to(venv), parsed["package"]
     assert parsed["sqlite_provider"] is False  # the sqlite extra is not needed to run the provider
-    assert parsed["clean"] == {"dags": {"sample_customers": True}, "errors": {}}  # the sample: paused
+    # the sample, written disabled: unscheduled, never paused by the spec (see plan_pipeline)
+    assert parsed["clean"] == {"dags": {"sample_customers": False}, "errors": {}}
     broken = parsed["broken"]
     assert set(broken["dags"]) == {"sample_customers", "broken"}  # the broken spec hides nothing
     assert list(broken["errors"]) == ["krenalis_spec_check.py"]

@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from krenalis_airflow.core.conditions import Condition, Group
-from krenalis_airflow.core.spec import LoadedSpec, PipelineSpec
+from krenalis_airflow.core.spec import PIPELINE_ID, LoadedSpec, PipelineSpec, pipeline_id_of
 from krenalis_airflow.exceptions import SpecError
 
 STEPS = ("extract", "transform", "dedupe", "upsert")
@@ -23,6 +23,8 @@ STEP_DOCS = {
     "upsert": "Creates/updates only new or changed customers in Stripe and records them in the ledger.",
 }
 TAGS = ("krenalis", "stripe")
+DISABLED_TAG = "disabled"
+DISABLED_PREFIX = "Disabled in spec — "
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class PipelinePlan:
     spec_file: str
     description: str
     schedule: timedelta | str | None
-    paused: bool
+    paused: bool  # is_paused_upon_creation; see plan_pipeline
     tags: tuple[str, ...]
     doc_md: str
     steps: tuple[StepPlan, ...]
@@ -57,44 +59,56 @@ class BrokenPlan:
 
 
 def plan_pipeline(loaded: LoadedSpec) -> PipelinePlan:
+    """The DAG of one spec.
+
+    Two switches turn a pipeline on and off. The spec's ``enabled`` (reviewed in git) is carried
+    by the schedule alone: ``false`` means no schedule here, and a run triggered anyway skips every
+    step (``ProfileExportOperator.execute``). Airflow's pause toggle (operations) stays Airflow's
+    switch on top. The spec never pauses a DAG: ``is_paused_upon_creation`` only acts when Airflow
+    first sees the DAG, so a pipeline created paused because it was disabled would stay paused
+    after ``enabled: true``; unpaused, flipping ``enabled`` is all it takes.
+    """
     spec = loaded.spec
     steps = tuple(
         StepPlan(step, step, STEPS[i - 1] if i else None, STEP_DOCS[step]) for i, step in enumerate(STEPS)
     )
+    description = spec.description or f"Sync {spec.source.table or 'query'} → Stripe customers"
     return PipelinePlan(
         dag_id=spec.id,
         spec=spec,
         spec_file=str(loaded.path),
-        description=spec.description or f"Sync {spec.source.table or 'query'} → Stripe customers",
+        description=description if spec.enabled else DISABLED_PREFIX + description,
         schedule=spec.schedule_value if spec.enabled else None,
-        paused=not spec.enabled,
-        tags=tuple(dict.fromkeys((*TAGS, *spec.tags))),
+        paused=False,
+        tags=tuple(dict.fromkeys((*TAGS, *(() if spec.enabled else (DISABLED_TAG,)), *spec.tags))),
         doc_md=describe(spec, loaded.path),
         steps=steps,
     )
 
 
+def disabled_message(spec: PipelineSpec, spec_file: str) -> str:
+    """Why a run of a spec-disabled pipeline does nothing, and how to turn it on."""
+    return (
+        f"pipeline {spec.id} is disabled by its spec (enabled: false in {spec_file}); "
+        "set enabled: true to run it"
+    )
+
+
 def plan_broken(error: SpecError, taken: set[str]) -> BrokenPlan:
-    """A placeholder DAG for a spec that does not load, named after its id (or file) if free."""
+    """A placeholder DAG for a spec that does not load, named after its file (the pipeline id)
+    when that is a valid id not already taken, so the broken pipeline's own DAG shows the error."""
     path = Path(error.source)
-    dag_id = _declared_id(path) or ""
-    if not dag_id or dag_id in taken:
+    dag_id = pipeline_id_of(path)
+    if not re.match(PIPELINE_ID, dag_id) or dag_id in taken:
         dag_id = "krenalis_broken_" + re.sub(r"[^a-z0-9_]", "_", path.stem.lower())
+    while dag_id in taken:  # x.yaml and x.yml: both broken, each with a DAG of its own
+        dag_id += "_"
     message = str(error)
     doc = (
         f"## Broken pipeline spec\n\n`{path}` does not load, so this pipeline is not running. "
         f"Fix the file; this DAG turns back into the pipeline at the next parse.\n\n```\n{message}\n```\n"
     )
     return BrokenPlan(dag_id, str(path), f"BROKEN SPEC {path.name}: fix it (see docs)", message, doc)
-
-
-def _declared_id(path: Path) -> str | None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    found = re.search(r"^id:\s*([a-z][a-z0-9_]*)\s*(#.*)?$", text, re.M)
-    return found.group(1) if found else None
 
 
 def describe(spec: PipelineSpec, path: Path) -> str:
@@ -107,6 +121,7 @@ def describe(spec: PipelineSpec, path: Path) -> str:
         "",
         f"Spec file: `{path}`",
         "",
+        *(() if spec.enabled else (f"**Disabled in spec**: {disabled_message(spec, str(path))}.", "")),
         f"- **Source**: connection `{src.conn_id}`, {origin}, key `{src.key}`",
         f"- **Filter**: {describe_filter(spec.filter) if spec.filter else 'every profile'}",
         f"- **Destination**: Stripe connection `{spec.destination.conn_id}`",

@@ -2,6 +2,10 @@
 
 Every model forbids unknown keys. ``load_spec`` collects *all* problems of a file into one
 ``SpecError`` whose lines read ``file:line: key.path: what is wrong; what is allowed``.
+
+One file, one pipeline: the file name (without ``.yaml``/``.yml``) is the pipeline id, so ``id``
+may be left out and, when written, must equal it; ``unique_ids`` reports every file of an id that
+two files share, and lets none of them run.
 """
 
 from __future__ import annotations
@@ -47,6 +51,11 @@ INTERVALS = {
     "24h": timedelta(hours=24),
 }
 PRESETS = ("@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
+
+# libyaml's loader when PyYAML was built with it (about 10x faster than the pure-Python one: every
+# DAG file parses every spec at each dag-processor pass). Each spec is parsed once: the same node
+# gives the line index and the data.
+YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class Source(Model):
@@ -214,8 +223,10 @@ class Transformation(Model):
     @classmethod
     def _python(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
-            search_path = (info.context or {}).get("search_path", ())
-            if problems := python_problems(value, search_path):
+            context = info.context or {}
+            search_path = context.get("search_path", ())
+            importing = context.get("import_references", True)
+            if problems := python_problems(value, search_path, import_reference=importing):
                 raise ValueError("; ".join(problems))
         return value
 
@@ -234,9 +245,19 @@ class State(Model):
 
 
 class PipelineSpec(Model):
-    id: str = Field(pattern=PIPELINE_ID)
+    # The file name is the pipeline's identity (like a dbt model's): ``load_spec`` fills ``id``
+    # from it and refuses a written ``id`` that differs (see ``_identity_problems``).
+    id: str = Field(
+        pattern=PIPELINE_ID,
+        description="Optional: the spec's file name without .yaml/.yml, which is the pipeline id "
+        "(the DAG id); when written, it must equal the file name.",
+    )
     description: str | None = None
-    enabled: bool = True
+    enabled: bool = Field(
+        default=True,
+        description="false: the pipeline has no schedule, and a run triggered anyway skips every "
+        "step (nothing is read or written). Airflow's pause toggle still works on top.",
+    )
     schedule: str | None = None
     tags: tuple[Annotated[str, StringConstraints(min_length=1, max_length=100)], ...] = ()
     source: Source
@@ -303,6 +324,7 @@ def spec_schema() -> dict[str, Any]:
     mapping["propertyNames"] = {
         "anyOf": [{"enum": sorted(SCALAR_FIELDS)}, {"pattern": r"^metadata\.[^\[\]]{1,40}$"}]
     }
+    schema["required"].remove("id")  # the loader takes it from the file name
     schema["properties"]["schedule"]["description"] = (
         f"{', '.join(INTERVALS)}, a preset ({', '.join(PRESETS)}), a 5-field cron expression, or null"
     )
@@ -323,11 +345,15 @@ class LoadedSpec:
     spec: PipelineSpec
 
 
-def load_spec(path: str | Path, search_path: Sequence[str | Path] | None = None) -> PipelineSpec:
+def load_spec(
+    path: str | Path, search_path: Sequence[str | Path] | None = None, *, import_references: bool = True
+) -> PipelineSpec:
     """Read and validate one spec file; raise ``SpecError`` listing every problem.
 
-    ``search_path``: where ``python: package.module:function`` references are imported from;
-    by default the spec's folder and its parent (``dags/pipelines/`` → ``dags/``).
+    The file name without ``.yaml``/``.yml`` is the pipeline id: ``id`` may be left out, and when
+    written must equal it. ``search_path``: where ``python: package.module:function`` references
+    are imported from; by default the spec's folder and its parent (``dags/pipelines/`` → ``dags/``).
+    ``import_references=False`` checks only their shape (DAG parsing must not run user code).
     """
     path = Path(path)
     if search_path is None:
@@ -340,36 +366,112 @@ def load_spec(path: str | Path, search_path: Sequence[str | Path] | None = None)
     except UnicodeDecodeError as exc:
         message = f"the file is not UTF-8 text: {exc.reason} at byte {exc.start}; save it as UTF-8"
         raise SpecError(source, [SpecProblem("", message)]) from exc
-    return parse_spec(text, source, search_path)
+    return parse_spec(
+        text, source, search_path, name=pipeline_id_of(path), import_references=import_references
+    )
 
 
-def parse_spec(text: str, source: str = "<spec>", search_path: Sequence[str | Path] = ()) -> PipelineSpec:
-    """Validate spec text; ``source`` names it in errors."""
+def pipeline_id_of(path: str | Path) -> str:
+    """The pipeline id a spec file stands for: its name without ``.yaml``/``.yml``."""
+    return Path(path).stem
+
+
+def parse_spec(
+    text: str,
+    source: str = "<spec>",
+    search_path: Sequence[str | Path] = (),
+    *,
+    name: str | None = None,
+    import_references: bool = True,
+) -> PipelineSpec:
+    """Validate spec text; ``source`` names it in errors.
+
+    ``name``: the pipeline id given by the spec's file name (``load_spec`` passes it); ``id`` then
+    defaults to it and, when written, must equal it. Without ``name`` the text must have an ``id``.
+    """
+    loader = YAML_LOADER(text)
+    data: dict[str, Any] = {}
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = loader.get_single_node()
+        if isinstance(node, yaml.MappingNode):
+            data = loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
         raise SpecError(source, [SpecProblem("", f"not valid YAML: {exc}", line)]) from exc
+    finally:
+        loader.dispose()
     if node is None or not isinstance(node, yaml.MappingNode):
-        raise SpecError(source, [SpecProblem("", "a spec is a YAML mapping (id: …, source: …, …)", 1)])
+        raise SpecError(source, [SpecProblem("", "a spec is a YAML mapping (source: …, export: …, …)", 1)])
     lines: dict[tuple[str | int, ...], int] = {}
     duplicates: list[SpecProblem] = []
     _index_lines(node, (), lines, duplicates)
     if duplicates:
         raise SpecError(source, duplicates)
-    data = yaml.safe_load(text)
+    problems = []
+    if name is not None:
+        problems = _identity_problems(data, name, source, lines)
+        data["id"] = name  # the id is the file name; a written one that differs is reported
+    context = {"search_path": tuple(search_path), "import_references": import_references}
+    return _validate(data, lines, source, context, problems)
+
+
+def _validate(
+    data: dict[str, Any],
+    lines: dict[tuple[str | int, ...], int],
+    source: str,
+    context: dict[str, Any],
+    identity: list[SpecProblem],
+) -> PipelineSpec:
+    """The model of ``data``, or a SpecError with every problem, ``identity``'s included."""
+    problems = list(identity)
     try:
-        return PipelineSpec.model_validate(data, context={"search_path": tuple(search_path)})
+        spec = PipelineSpec.model_validate(data, context=context)
     except ValidationError as exc:
-        problems = []
         for err in exc.errors():
             if err["loc"] == ("transformation", "mapping") and err["type"] == "value_error":
                 problems += _mapping_problems(data["transformation"]["mapping"], lines)
-            elif not _cascade(err):
+            elif not _cascade(err) and not (identity and err["loc"] == ("id",)):
                 problems.append(_problem(err, data, lines))
         problems.sort(key=lambda problem: problem.line or 0)  # in file order
         raise SpecError(source, problems) from exc
+    if identity:
+        raise SpecError(source, identity)
+    return spec
+
+
+def _identity_problems(
+    data: dict[str, Any], name: str, source: str, lines: dict[tuple[str | int, ...], int]
+) -> list[SpecProblem]:
+    """One file, one pipeline: the file name is the id; a written ``id`` must say the same."""
+    file_name = Path(source).name
+    written = data.get("id")
+    key, line = ("id", lines.get(("id",), 1)) if "id" in data else ("", 1)
+    if not _is_pipeline_id(name):
+        target = written if _is_pipeline_id(written) else _id_like(name)
+        message = (
+            f"the file name {file_name!r} is the pipeline id, and {name!r} is not one (lowercase "
+            f"letters, digits and _, starting with a letter): rename the file, e.g. to {target}.yaml"
+        )
+        return [SpecProblem(key, message, line)]
+    if "id" in data and written != name:
+        rename = f" or rename the file to {written}.yaml" if _is_pipeline_id(written) else ""
+        message = (
+            f"id {written!r} differs from the file name {file_name!r}, which is the pipeline id: "
+            f"remove the id line (the pipeline is then {name!r}){rename}"
+        )
+        return [SpecProblem(key, message, line)]
+    return []
+
+
+def _id_like(name: str) -> str:
+    """A pipeline id close to ``name`` (``Eu-Customers`` → ``eu_customers``), to suggest."""
+    candidate = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")
+    return candidate if _is_pipeline_id(candidate) else f"pipeline_{candidate}".rstrip("_")
+
+
+def _is_pipeline_id(value: Any) -> bool:
+    return isinstance(value, str) and re.match(PIPELINE_ID, value) is not None
 
 
 def _mapping_problems(mapping: dict[str, Any], lines: dict[tuple[str | int, ...], int]) -> list[SpecProblem]:
@@ -455,25 +557,57 @@ def _dotted(path: tuple[str | int, ...]) -> str:
     return out
 
 
-def discover(folder: str | Path) -> list[LoadedSpec | SpecError]:
-    """Load every ``*.yaml``/``*.yml`` in ``folder``; a bad file yields its SpecError, never hides others.
+def discover(folder: str | Path, *, import_references: bool = False) -> list[LoadedSpec | SpecError]:
+    """Load every ``*.yaml``/``*.yml`` directly in ``folder`` (sub-folders are not read), in name order.
 
-    Pipeline ids must be unique: every file that repeats an id already taken by an earlier file
-    (in name order) becomes a SpecError too.
+    As DAG files call it, Python references are not imported (``load_spec``); the CLI's
+    ``validate`` passes ``import_references=True``.
+
+    A bad file yields its SpecError and never hides the others. Pipeline ids are file names, so two
+    specs share one only as ``x.yaml`` and ``x.yml``: both are then errors (``unique_ids``).
     """
-    results: list[LoadedSpec | SpecError] = []
-    owners: dict[str, Path] = {}
     files = sorted(p for p in Path(folder).glob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    results: list[LoadedSpec | SpecError] = []
     for file in files:
         try:
-            spec = load_spec(file)
+            results.append(LoadedSpec(file, load_spec(file, import_references=import_references)))
         except SpecError as exc:
             results.append(exc)
-            continue
-        if spec.id in owners:
-            message = f"pipeline id {spec.id!r} is already used by {owners[spec.id].name}; ids must be unique"
-            results.append(SpecError(str(file), [SpecProblem("id", message, 1)]))
-            continue
-        owners[spec.id] = file
-        results.append(LoadedSpec(file, spec))
-    return results
+    return unique_ids(results)
+
+
+def unique_ids(results: Sequence[LoadedSpec | SpecError]) -> list[LoadedSpec | SpecError]:
+    """Every spec whose pipeline id another file also has becomes a SpecError naming the others.
+
+    None of them wins, whichever loads and whatever their names sort as: adding a file never
+    changes which spec an existing pipeline runs. A broken spec still holds its id (its id is its
+    file name); a file given twice (same resolved path) is one file. Checking again is harmless.
+    """
+    files: dict[str, dict[Path, Path]] = {}  # id → resolved path → the path as given
+    for result in results:
+        path = _result_path(result)
+        files.setdefault(pipeline_id_of(path), {}).setdefault(path.resolve(), path)
+    checked: list[LoadedSpec | SpecError] = []
+    for result in results:
+        path = _result_path(result)
+        same_id = files[pipeline_id_of(path)]
+        others = [str(given) for resolved, given in same_id.items() if resolved != path.resolve()]
+        checked.append(_id_clash(result, others) if others else result)
+    return checked
+
+
+def _result_path(result: LoadedSpec | SpecError) -> Path:
+    return result.path if isinstance(result, LoadedSpec) else Path(result.source)
+
+
+def _id_clash(result: LoadedSpec | SpecError, others: list[str]) -> SpecError:
+    path = _result_path(result)
+    clash = f"pipeline id {pipeline_id_of(path)!r} (the file name) is also the id of "
+    message = (
+        f"{clash}{', '.join(others)}; no spec with that id runs until only one is left: rename or "
+        "remove all but one of these files"
+    )
+    earlier = result.problems if isinstance(result, SpecError) else []
+    return SpecError(
+        str(path), [SpecProblem("id", message, 1), *(p for p in earlier if clash not in p.message)]
+    )

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from krenalis_airflow.core.plan import STEPS
+from krenalis_airflow.core.plan import STEPS, disabled_message
 from krenalis_airflow.core.spec import PipelineSpec
 from krenalis_airflow.exceptions import SpecError, TerminalSyncError
 from krenalis_airflow.operators import steps
@@ -27,7 +27,8 @@ class ProfileExportOperator(BaseOperator):
 
     Profiles travel between steps as files under the object-storage base; XCom carries only
     paths and counts. Spec errors and terminal Stripe errors fail the task without retries;
-    transient failures raise so Airflow's retries take over.
+    transient failures raise so Airflow's retries take over. A spec with ``enabled: false`` skips
+    the step before anything is read or written.
 
     :param spec: the validated pipeline spec.
     :param step: which step to run.
@@ -56,6 +57,13 @@ class ProfileExportOperator(BaseOperator):
         self.upstream_task_id = upstream_task_id
 
     def execute(self, context: Any) -> dict[str, Any]:
+        if not self.spec.enabled:
+            # ``enabled: false`` already removed the schedule; a run started anyway (the UI's
+            # trigger, the REST API, ``airflow dags test``) reads and writes nothing. A skip, not a
+            # failure: nothing is broken, so no failure alert fires and no retry runs, and the run
+            # ends with every step skipped and this message in the first step's log. (The CLI's
+            # ``plan`` still previews a disabled spec: it runs the steps without this operator.)
+            raise AirflowSkipException(disabled_message(self.spec, self.spec_file))
         params = context.get("params") or {}
         upstream = context["ti"].xcom_pull(task_ids=self.upstream_task_id) if self.upstream_task_id else {}
         run = steps.StepRun(

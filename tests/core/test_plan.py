@@ -14,6 +14,7 @@ from krenalis_airflow.core.plan import (
     BrokenPlan,
     PipelinePlan,
     describe_filter,
+    disabled_message,
     plan_broken,
     plan_pipeline,
 )
@@ -129,11 +130,34 @@ def test_schedule_values(schedule: str, expected: timedelta | str | None) -> Non
     assert result.paused is False
 
 
-def test_disabled_spec_is_paused_and_unscheduled() -> None:
-    result = plan_pipeline(loaded(with_line(SPEC, "enabled: true", "enabled: false")))
-    assert result.paused is True
+def test_disabled_spec_is_unscheduled_but_never_paused() -> None:
+    """``enabled`` lives in the schedule alone: a DAG created paused would stay paused when the
+    spec is enabled again (Airflow applies ``is_paused_upon_creation`` once)."""
+    result = plan_pipeline(loaded(with_line(SPEC, "enabled: true", "enabled: false"), "p/eu.yaml"))
+    assert result.paused is False
     assert result.schedule is None
     assert "- **Schedule**: 1h (disabled)" in result.doc_md
+
+
+def test_disabled_spec_shows_at_a_glance() -> None:
+    result = plan_pipeline(loaded(with_line(SPEC, "enabled: true", "enabled: false"), "p/eu.yaml"))
+    assert result.description == "Disabled in spec — Paying EU customers"
+    assert result.tags == ("krenalis", "stripe", "disabled", "crm", "eu")
+    assert (
+        "\n**Disabled in spec**: pipeline eu_customers is disabled by its spec (enabled: false in "
+        "p/eu.yaml); set enabled: true to run it.\n"
+    ) in result.doc_md
+    minimal = plan_pipeline(loaded(MINIMAL + "enabled: false\ntags: [disabled]\n"))
+    assert minimal.description == "Disabled in spec — Sync customer_profiles → Stripe customers"
+    assert minimal.tags == ("krenalis", "stripe", "disabled")  # once
+
+
+def test_disabled_message_names_the_pipeline_the_file_and_the_fix() -> None:
+    spec = parse_spec(with_line(SPEC, "enabled: true", "enabled: false"))
+    assert disabled_message(spec, "dags/pipelines/eu_customers.yaml") == (
+        "pipeline eu_customers is disabled by its spec (enabled: false in "
+        "dags/pipelines/eu_customers.yaml); set enabled: true to run it"
+    )
 
 
 def test_spec_without_schedule_runs_manually() -> None:
@@ -141,7 +165,8 @@ def test_spec_without_schedule_runs_manually() -> None:
     assert result.schedule is None
     assert result.paused is False
     assert "- **Schedule**: manual only" in result.doc_md
-    assert "(disabled)" not in result.doc_md
+    assert "(disabled)" not in result.doc_md and "Disabled" not in result.doc_md + result.description
+    assert "disabled" not in result.tags
 
 
 def test_tags_include_krenalis_and_the_spec_tags_once(plan: PipelinePlan) -> None:
@@ -268,51 +293,55 @@ def spec_error(path: Path, text: str) -> SpecError:
     return info.value
 
 
-def test_plan_broken_uses_the_declared_id_when_free(tmp_path: Path) -> None:
-    error = spec_error(tmp_path / "Some-File.yaml", BROKEN)
+def test_plan_broken_is_named_after_its_file(tmp_path: Path) -> None:
+    """The file name is the pipeline id: a broken pipeline's own DAG shows the error."""
+    error = spec_error(tmp_path / "my_pipeline.yaml", BROKEN)
     broken = plan_broken(error, {"other_pipeline"})
     assert isinstance(broken, BrokenPlan)
     assert broken.dag_id == "my_pipeline"
-    assert broken.spec_file == str(tmp_path / "Some-File.yaml")
-    assert broken.description == "BROKEN SPEC Some-File.yaml: fix it (see docs)"
+    assert broken.spec_file == str(tmp_path / "my_pipeline.yaml")
+    assert broken.description == "BROKEN SPEC my_pipeline.yaml: fix it (see docs)"
     assert broken.tags == ("krenalis", "stripe", "broken-spec")
 
 
-def test_plan_broken_falls_back_to_the_file_name_when_the_id_is_taken(tmp_path: Path) -> None:
-    error = spec_error(tmp_path / "Some-File.v2.yaml", BROKEN)
-    assert plan_broken(error, {"my_pipeline"}).dag_id == "krenalis_broken_some_file_v2"
+def test_plan_broken_never_takes_the_id_a_broken_copy_declares(tmp_path: Path) -> None:
+    """``a_copy.yaml`` saying ``id: my_pipeline`` is a placeholder of its own, whatever else breaks."""
+    error = spec_error(tmp_path / "a_copy.yaml", BROKEN)
+    assert plan_broken(error, set()).dag_id == "a_copy"
+
+
+def test_plan_broken_falls_back_when_the_file_name_is_taken(tmp_path: Path) -> None:
+    """``x.yaml`` and ``x.yml``: the first placeholder is ``x``, the second gets a name of its own."""
+    error = spec_error(tmp_path / "my_pipeline.yml", BROKEN)
+    assert plan_broken(error, {"my_pipeline"}).dag_id == "krenalis_broken_my_pipeline"
+    taken = {"my_pipeline", "krenalis_broken_my_pipeline"}
+    assert plan_broken(error, taken).dag_id == "krenalis_broken_my_pipeline_"
 
 
 @pytest.mark.parametrize(
-    "text",
+    ("name", "text"),
     [
-        "id: [my_pipeline\nsource: {\n",  # YAML that does not parse
-        "id: My-Pipeline\nsource: 3\n",  # an id that is not a valid pipeline id
-        "source: {conn_id: warehouse}\n",  # no id at all
-        "",  # an empty file
+        ("Some-File.v2.yaml", BROKEN),  # a file name that is not a pipeline id
+        ("Some-File.v2.yaml", "id: [my_pipeline\nsource: {\n"),  # YAML that does not parse
+        ("Some-File.v2.yaml", ""),  # an empty file
     ],
 )
-def test_plan_broken_falls_back_when_no_id_can_be_read(tmp_path: Path, text: str) -> None:
-    error = spec_error(tmp_path / "crm.yaml", text)
-    assert plan_broken(error, set()).dag_id == "krenalis_broken_crm"
-
-
-def test_plan_broken_reads_the_id_of_a_file_whose_yaml_is_broken_later(tmp_path: Path) -> None:
-    error = spec_error(tmp_path / "crm.yaml", "id: crm_sync\nsource: {conn_id: [\n")
-    assert plan_broken(error, set()).dag_id == "crm_sync"
+def test_plan_broken_falls_back_when_the_file_name_is_no_id(tmp_path: Path, name: str, text: str) -> None:
+    error = spec_error(tmp_path / name, text)
+    assert plan_broken(error, set()).dag_id == "krenalis_broken_some_file_v2"
 
 
 def test_plan_broken_for_a_missing_or_undecodable_file(tmp_path: Path) -> None:
     missing = SpecError(str(tmp_path / "gone.yaml"), [SpecProblem("", "cannot read the file: gone")])
-    assert plan_broken(missing, set()).dag_id == "krenalis_broken_gone"
+    assert plan_broken(missing, set()).dag_id == "gone"
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"id: abc\n\xff\xfe\x00")
     undecodable = SpecError(str(binary), [SpecProblem("", "not UTF-8")])
-    assert plan_broken(undecodable, set()).dag_id == "krenalis_broken_binary"
+    assert plan_broken(undecodable, set()).dag_id == "binary"
 
 
 def test_plan_broken_doc_md_contains_the_error_text(tmp_path: Path) -> None:
-    path = tmp_path / "broken.yaml"
+    path = tmp_path / "my_pipeline.yaml"
     error = spec_error(path, BROKEN)
     broken = plan_broken(error, set())
     assert broken.error == str(error)

@@ -3,6 +3,7 @@ with its file, line, key path and what is allowed instead."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from krenalis_airflow.core.spec import (
     discover,
     load_spec,
     parse_spec,
+    spec_schema,
+    unique_ids,
 )
 from krenalis_airflow.exceptions import SpecError, SpecProblem
 
@@ -78,8 +81,10 @@ def line_of(text: str, needle: str) -> int:
     return found[0]
 
 
-def write(tmp_path: Path, text: str, name: str = "pipeline.yaml") -> Path:
-    path = tmp_path / name
+def write(tmp_path: Path, text: str, name: str | None = None) -> Path:
+    """``text`` in ``tmp_path``, by default in the file its ``id`` names (the id is the file name)."""
+    written = re.search(r"^id: ([a-z][a-z0-9_]*)$", text, re.M)
+    path = tmp_path / (name or f"{written.group(1) if written else 'eu_paying_customers'}.yaml")
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -332,10 +337,87 @@ def test_missing_key_in_filter_condition(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("bad", ["EU_customers", "1st", "eu-customers", "_eu", "eu customers"])
-def test_bad_id(tmp_path: Path, bad: str) -> None:
-    assert_problem(
-        tmp_path, edit("id: eu_paying_customers", f"id: '{bad}'"), line=1, key="id", says=("[a-z]",)
+def test_bad_id_without_a_file(bad: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(edit("id: eu_paying_customers", f"id: '{bad}'"))
+    [problem] = caught.value.problems
+    assert (problem.path, problem.line) == ("id", 1) and "[a-z]" in problem.message
+
+
+def test_parse_spec_without_a_file_needs_an_id() -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(edit("id: eu_paying_customers\n", ""))
+    assert [(p.path, p.message) for p in caught.value.problems] == [("id", "required key is missing")]
+
+
+# --------------------------------------------------------------------------------------------
+# The file name is the pipeline id
+
+
+def test_id_defaults_to_the_file_name(tmp_path: Path) -> None:
+    path = write(tmp_path, edit("id: eu_paying_customers\n", ""), "people_all.yaml")
+    assert load_spec(path).id == "people_all"
+    assert load_spec(write(tmp_path, edit("id: eu_paying_customers\n", ""), "eu_2.yml")).id == "eu_2"
+
+
+def test_a_written_id_equal_to_the_file_name_is_fine(tmp_path: Path) -> None:
+    assert load_spec(write(tmp_path, EXAMPLE, "eu_paying_customers.yml")).id == "eu_paying_customers"
+
+
+def test_a_written_id_must_equal_the_file_name(tmp_path: Path) -> None:
+    path = write(tmp_path, edit("id: eu_paying_customers", "id: people_all"), "a_copy.yaml")
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    [problem] = caught.value.problems
+    assert problem.render(str(path)) == (
+        f"{path}:1: id: id 'people_all' differs from the file name 'a_copy.yaml', which is the "
+        "pipeline id: remove the id line (the pipeline is then 'a_copy') or rename the file to "
+        "people_all.yaml"
     )
+
+
+def test_a_written_id_that_is_no_id_is_only_to_be_removed(tmp_path: Path) -> None:
+    text = "# a pipeline\n" + edit("id: eu_paying_customers", "id: [people_all]")
+    path = write(tmp_path, text, "people_all.yaml")
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    [problem] = caught.value.problems  # not also "Input should be a valid string"
+    assert (problem.path, problem.line) == ("id", 2)
+    assert "remove the id line (the pipeline is then 'people_all')" in problem.message
+    assert "rename" not in problem.message
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "key", "suggested"),
+    [
+        ("EU-Customers.yaml", edit("id: eu_paying_customers\n", ""), "", "eu_customers.yaml"),
+        ("eu customers.yml", edit("id: eu_paying_customers\n", ""), "", "eu_customers.yaml"),
+        ("1st.yaml", edit("id: eu_paying_customers\n", ""), "", "pipeline_1st.yaml"),
+        ("eu-paying-customers.yaml", EXAMPLE, "id", "eu_paying_customers.yaml"),
+    ],
+)
+def test_a_file_name_that_is_no_pipeline_id(
+    tmp_path: Path, file: str, text: str, key: str, suggested: str
+) -> None:
+    path = write(tmp_path, text, file)
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    [problem] = caught.value.problems  # not also the model's own complaint about the id
+    assert (problem.path, problem.line) == (key, 1)
+    assert f"the file name {file!r} is the pipeline id" in problem.message
+    assert problem.message.endswith(f"rename the file, e.g. to {suggested}")
+
+
+def test_an_id_problem_comes_with_the_others(tmp_path: Path) -> None:
+    text = edit("mode: create_and_update", "mode: upsert", edit("id: eu_paying_customers", "id: other"))
+    with pytest.raises(SpecError) as caught:
+        load_spec(write(tmp_path, text, "eu_paying_customers.yaml"))
+    assert [p.path for p in caught.value.problems] == ["id", "export.mode"]
+
+
+def test_the_schema_does_not_require_an_id() -> None:
+    schema = spec_schema()
+    assert "id" not in schema["required"] and "file name" in schema["properties"]["id"]["description"]
 
 
 def test_bad_operator(tmp_path: Path) -> None:
@@ -560,7 +642,7 @@ def test_a_python_reference_is_imported_from_the_spec_folder_or_its_parent(tmp_p
     pipelines = tmp_path / "pipelines"
     pipelines.mkdir()
     base = EXAMPLE[: EXAMPLE.index("  mapping:")]
-    spec = pipelines / "ref.yaml"
+    spec = pipelines / "eu_paying_customers.yaml"
     spec.write_text(base + "  python: my_transforms:to_customer\n")
     assert load_spec(spec).transformation.python == "my_transforms:to_customer"
     spec.write_text(base + "  python: my_transforms:missing\n")
@@ -665,39 +747,80 @@ def test_several_missing_keys(tmp_path: Path) -> None:
 
 
 def test_discover_reports_each_file_in_name_order(tmp_path: Path) -> None:
-    write(tmp_path, EXAMPLE, "a_good.yaml")
-    write(tmp_path, edit("mode: create_and_update", "mode: upsert"), "b_broken.yaml")
-    write(tmp_path, EXAMPLE, "c_same_id.yml")
+    write(tmp_path, EXAMPLE, "eu_paying_customers.yaml")
+    write(tmp_path, BROKEN_NO_ID, "broken.yaml")
+    write(tmp_path, MINIMAL_NO_ID, "minimal.yml")
     write(tmp_path, "not: a spec", "notes.txt")
     (tmp_path / "folder.yaml").mkdir()
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub", MINIMAL_NO_ID, "in_a_sub_folder.yaml")  # sub-folders are not read
 
     results = discover(tmp_path)
 
-    assert [type(r) for r in results] == [LoadedSpec, SpecError, SpecError]
-    good, broken, duplicate = results
-    assert isinstance(good, LoadedSpec) and good.path == tmp_path / "a_good.yaml"
+    assert [type(r) for r in results] == [SpecError, LoadedSpec, LoadedSpec]
+    broken, good, minimal = results
+    assert isinstance(good, LoadedSpec) and good.path == tmp_path / "eu_paying_customers.yaml"
     assert isinstance(good.spec, PipelineSpec) and good.spec.id == "eu_paying_customers"
-    assert isinstance(broken, SpecError) and broken.source == str(tmp_path / "b_broken.yaml")
-    assert [p.path for p in broken.problems] == ["export.mode"]
-    assert isinstance(duplicate, SpecError) and duplicate.source == str(tmp_path / "c_same_id.yml")
-    [problem] = duplicate.problems
-    assert (problem.path, problem.line) == ("id", 1)
-    assert "'eu_paying_customers' is already used by a_good.yaml" in problem.message
-    assert "unique" in problem.message
+    assert isinstance(broken, SpecError) and broken.source == str(tmp_path / "broken.yaml")
+    assert [p.path for p in broken.problems] == ["source"]
+    assert isinstance(minimal, LoadedSpec) and minimal.spec.id == "minimal"
 
 
-def test_discover_first_file_in_name_order_owns_the_id(tmp_path: Path) -> None:
-    write(tmp_path, EXAMPLE, "z.yaml")
-    write(tmp_path, EXAMPLE, "m.yaml")
-    results = discover(tmp_path)
-    assert isinstance(results[0], LoadedSpec) and results[0].path.name == "m.yaml"
-    assert isinstance(results[1], SpecError) and "already used by m.yaml" in results[1].problems[0].message
+MINIMAL_NO_ID = MINIMAL.replace("id: minimal\n", "")
+BROKEN_NO_ID = MINIMAL_NO_ID.replace(
+    "table: customer_profiles,", "table: customer_profiles, query: SELECT 1,"
+)
 
 
-def test_discover_broken_file_does_not_claim_its_id(tmp_path: Path) -> None:
-    write(tmp_path, edit("mode: create_and_update", "mode: upsert"), "a.yaml")
-    write(tmp_path, EXAMPLE, "b.yaml")
-    assert [type(r) for r in discover(tmp_path)] == [SpecError, LoadedSpec]
+def test_a_copy_with_the_same_id_takes_nothing_over(tmp_path: Path) -> None:
+    """The bug: ``a_copy.yaml`` with ``id: people_all`` sorted first and took the pipeline over."""
+    people_all = write(tmp_path, MINIMAL.replace("id: minimal", "id: people_all"), "people_all.yaml")
+    write(tmp_path, MINIMAL.replace("id: minimal", "id: people_all"), "a_copy.yaml")
+    copy, live = discover(tmp_path)
+    assert isinstance(live, LoadedSpec) and (live.path, live.spec.id) == (people_all, "people_all")
+    assert isinstance(copy, SpecError) and copy.source == str(tmp_path / "a_copy.yaml")
+    assert "differs from the file name 'a_copy.yaml'" in copy.problems[0].message
+
+
+def test_same_file_name_twice_all_are_reported_none_wins(tmp_path: Path) -> None:
+    write(tmp_path, MINIMAL_NO_ID, "people_all.yaml")
+    write(tmp_path, MINIMAL_NO_ID, "people_all.yml")
+    write(tmp_path, MINIMAL_NO_ID, "other.yaml")
+    other, yaml_file, yml_file = discover(tmp_path)
+    assert isinstance(other, LoadedSpec)
+    for error, twin in ((yaml_file, "people_all.yml"), (yml_file, "people_all.yaml")):
+        assert isinstance(error, SpecError)
+        [problem] = error.problems
+        assert problem.render(error.source) == (
+            f"{error.source}:1: id: pipeline id 'people_all' (the file name) is also the id of "
+            f"{tmp_path / twin}; no spec with that id runs until only one is left: rename or remove "
+            "all but one of these files"
+        )
+
+
+def test_a_broken_file_still_holds_its_id(tmp_path: Path) -> None:
+    """Were it not so, a live pipeline whose file breaks would be taken over by a twin."""
+    write(tmp_path, BROKEN_NO_ID, "people_all.yaml")
+    write(tmp_path, MINIMAL_NO_ID, "people_all.yml")
+    broken, twin = discover(tmp_path)
+    assert isinstance(broken, SpecError) and isinstance(twin, SpecError)
+    assert [p.path for p in broken.problems] == ["id", "source"]  # the clash, then its own
+    assert [p.path for p in twin.problems] == ["id"]
+
+
+def test_unique_ids_across_paths_is_the_same_rule(tmp_path: Path) -> None:
+    one, two = tmp_path / "a", tmp_path / "b"
+    one.mkdir()
+    two.mkdir()
+    first = write(one, MINIMAL_NO_ID, "people_all.yaml")
+    second = write(two, MINIMAL_NO_ID, "people_all.yaml")
+    results = [LoadedSpec(first, load_spec(first)), LoadedSpec(second, load_spec(second))]
+    checked = unique_ids(results)
+    assert [type(r) for r in checked] == [SpecError, SpecError]
+    assert str(second) in checked[0].problems[0].message and str(first) in checked[1].problems[0].message
+    assert [str(r) for r in unique_ids(checked)] == [str(r) for r in checked]  # checking again adds nothing
+    again = [results[0], LoadedSpec(one / ".." / "a" / "people_all.yaml", results[0].spec)]
+    assert unique_ids(again) == again  # one file reached twice is no clash
 
 
 def test_discover_empty_folder(tmp_path: Path) -> None:

@@ -68,4 +68,5 @@ transformation:
     name: first_name
     adress.city: city
 """
-BROKEN_MESSAGE = "broken.yaml:8: transformation.mapping.adress.city: unknown Stripe customer field"
+BROKEN_FILE = "broken_pipeline.yaml"  # the file name is the pipeline id
+BROKEN_MESSAGE = f"{BROKEN_FILE}:8: transformation.mapping.adress.city: unknown Stripe customer field"

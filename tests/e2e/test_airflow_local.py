@@ -5,12 +5,16 @@ through the REST API the UI uses, and through the UI itself in headless Chromium
 One deployment serves the whole module (it takes ~15 s to start). Its pipelines select disjoint
 countries of one sample warehouse and write to one localstripe:
 
-* ``sample_customers`` — the shipped sample spec, ``enabled: false``: paused, no schedule; the
-  REST tests unpause and trigger it with params.
-* ``us_every_minute`` — enabled, schedule ``* * * * *``: runs on its schedule, then is paused and
-  must not run again.
-* ``gb_customers`` — ``enabled: false``; the browser test switches it on and triggers it.
-* ``broken.yaml`` — does not load: a paused placeholder DAG, and an import error.
+* ``sample_customers`` — the shipped sample spec, manual runs only; the REST tests trigger it with
+  params.
+* ``us_every_minute`` — enabled, schedule ``* * * * *``: runs on its schedule, then is paused (the
+  UI's toggle) and must not run again.
+* ``ch_switched_on`` — ``enabled: false`` with schedule ``* * * * *``: not scheduled, and a run
+  triggered through the API skips every step; then its YAML says ``enabled: true`` and it runs on
+  its schedule with no other action.
+* ``gb_customers`` — manual runs; paused through the API, then the browser test switches it on
+  and triggers it.
+* ``broken_pipeline.yaml`` — does not load: an unscheduled placeholder DAG, and an import error.
 """
 
 from __future__ import annotations
@@ -34,22 +38,28 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(900)]
 
 SAMPLE = "sample_customers"
 SCHEDULED = "us_every_minute"
+SWITCHED_ON = "ch_switched_on"
 BROWSER = "gb_customers"
 BROKEN = "broken_pipeline"
+EVERY_MINUTE = '"* * * * *"'
 SPECS = {
-    "sample_customers.yaml": specs.sample(enabled=False),
+    "sample_customers.yaml": specs.sample(schedule="null"),
     "us_every_minute.yaml": specs.by_country(
         SCHEDULED,
         "US",
         description="US customers, every minute",
-        schedule='"* * * * *"',
+        schedule=EVERY_MINUTE,
         tags=("e2e", "scheduled"),
     ),
-    "gb_customers.yaml": specs.by_country(
-        BROWSER, "GB", description="UK customers, switched on from the UI", enabled=False
+    "ch_switched_on.yaml": specs.by_country(
+        SWITCHED_ON, "CH", description="Swiss customers", enabled=False, schedule=EVERY_MINUTE
     ),
-    "broken.yaml": specs.BROKEN,
+    "gb_customers.yaml": specs.by_country(BROWSER, "GB", description="UK customers, switched on from the UI"),
+    specs.BROKEN_FILE: specs.BROKEN,
 }
+DISABLED = (
+    "pipeline ch_switched_on is disabled by its spec (enabled: false in {path}); set enabled: true to run it"
+)
 PAUSE_SLACK = 5.0  # seconds a scheduler loop already under way may still act after a pause
 
 
@@ -77,6 +87,7 @@ class Local:
     airflow: AirflowDeployment
     site: Site
     paused_at: float | None = None
+    switched_on_at: float | None = None
 
     def profile_ids(self, *countries: str) -> set[str]:
         marks = ", ".join("?" * len(countries))
@@ -133,14 +144,14 @@ def local(request: pytest.FixtureRequest, site: Site) -> Iterator[Local]:
     site.write_specs(SPECS)
     env = {"KRENALIS_STORAGE_BASE": f"file://{site.root}/storage"}
     with deployed(request, site, name="local-executor", env=env) as airflow:
-        airflow.wait_for_dags([SAMPLE, SCHEDULED, BROWSER, BROKEN])
+        airflow.wait_for_dags([SAMPLE, SCHEDULED, SWITCHED_ON, BROWSER, BROKEN])
         yield Local(airflow, site)
 
 
 def test_pipelines_appear_as_dags_with_description_tags_and_schedule(local: Local) -> None:
     api = local.airflow.api
     dags = api.dags()
-    assert set(dags) == {SAMPLE, SCHEDULED, BROWSER, BROKEN}
+    assert set(dags) == {SAMPLE, SCHEDULED, SWITCHED_ON, BROWSER, BROKEN}
     for dag in dags.values():
         assert dag["relative_fileloc"] == "krenalis_pipelines.py"
         assert dag["has_import_errors"] is False and dag["is_stale"] is False, dag
@@ -159,9 +170,15 @@ def test_pipelines_appear_as_dags_with_description_tags_and_schedule(local: Loca
         "Paying customers in Italy, France, Germany, Spain and the Netherlands"
     )
     assert tags(sample) == {"krenalis", "stripe"}
-    assert sample["is_paused"] is True  # enabled: false → listed, paused …
-    assert sample["timetable_summary"] is None  # … and without a schedule
+    assert sample["is_paused"] is False and sample["timetable_summary"] is None  # manual runs only
     assert sample["owners"] == ["krenalis"]
+
+    # enabled: false → listed, flagged, without a schedule, and not paused: the schedule alone
+    # carries `enabled`, so that `enabled: true` is all it takes to turn it on again.
+    off = dags[SWITCHED_ON]
+    assert off["description"] == "Disabled in spec — Swiss customers"
+    assert tags(off) == {"krenalis", "stripe", "disabled", "e2e"}
+    assert off["is_paused"] is False and off["timetable_summary"] is None
 
     details = api.get(f"/api/v2/dags/{SAMPLE}/details")
     assert "Spec file: `" in details["doc_md"] and "sample_customers.yaml`" in details["doc_md"]
@@ -172,8 +189,8 @@ def test_pipelines_appear_as_dags_with_description_tags_and_schedule(local: Loca
 def test_broken_spec_is_flagged_while_the_others_stay_healthy(local: Local) -> None:
     api = local.airflow.api
     broken = api.dags()[BROKEN]
-    assert broken["is_paused"] is True and "broken-spec" in tags(broken)
-    assert broken["description"] == "BROKEN SPEC broken.yaml: fix it (see docs)"
+    assert broken["is_paused"] is False and "broken-spec" in tags(broken)  # unscheduled instead
+    assert broken["description"] == f"BROKEN SPEC {specs.BROKEN_FILE}: fix it (see docs)"
     assert specs.BROKEN_MESSAGE in api.get(f"/api/v2/dags/{BROKEN}/details")["doc_md"]
 
     # The factory file never raises, so it has no import error (one would hide every pipeline);
@@ -185,7 +202,26 @@ def test_broken_spec_is_flagged_while_the_others_stay_healthy(local: Local) -> N
     assert set(by_file) == {SPEC_CHECK}
     assert specs.BROKEN_MESSAGE in by_file[SPEC_CHECK]["stack_trace"]
     dags = api.dags()
-    assert len(dags) == 4 and not any(d["has_import_errors"] or d["is_stale"] for d in dags.values())
+    assert len(dags) == 5 and not any(d["has_import_errors"] or d["is_stale"] for d in dags.values())
+
+
+def test_a_spec_disabled_pipeline_triggered_through_the_api_does_nothing(local: Local) -> None:
+    """ "Run now" on a disabled pipeline: the run starts, every step skips, nothing is written.
+
+    Then its YAML says ``enabled: true``; ``test_enabling_the_spec_…`` below sees the schedule
+    take over (waiting here would idle the module)."""
+    api = local.airflow.api
+    run_id = api.trigger(SWITCHED_ON)
+    run = local.airflow.wait_for_run(SWITCHED_ON, run_id, timeout=120)
+    states = {task: ti["state"] for task, ti in api.task_instances(SWITCHED_ON, run_id).items()}
+    assert run["state"] == "success" and states == dict.fromkeys(chain(api, SWITCHED_ON), "skipped"), states
+    path = local.site.pipelines / f"{SWITCHED_ON}.yaml"
+    assert DISABLED.format(path=path) in api.task_log(SWITCHED_ON, run_id, "extract")
+    assert local.site.customers(SWITCHED_ON) == {}  # no Stripe write (nor read: extract skipped)
+    assert [r["run_type"] for r in api.runs(SWITCHED_ON)] == ["manual"]  # and none on its schedule
+
+    local.site.write_specs({path.name: path.read_text().replace("enabled: false", "enabled: true")})
+    local.switched_on_at = time.time()
 
 
 def test_schedule_fires_while_the_pipeline_is_on(local: Local) -> None:
@@ -198,11 +234,10 @@ def test_schedule_fires_while_the_pipeline_is_on(local: Local) -> None:
     local.pause_scheduled()
 
 
-def test_unpause_then_trigger_with_params(local: Local) -> None:
+def test_trigger_with_params(local: Local) -> None:
     api = local.airflow.api
-    assert api.dags()[SAMPLE]["is_paused"] is True
+    assert api.dags()[SAMPLE]["is_paused"] is False
     assert api.runs(SAMPLE) == []
-    assert api.set_paused(SAMPLE, False)["is_paused"] is False
 
     dry_run, dry = local.run_to_end(SAMPLE, {"dry_run": True})
     assert dry_run["conf"] == {"dry_run": True} and dry_run["run_type"] == "manual"
@@ -248,7 +283,7 @@ def test_stripe_connection_type_and_form_fields_in_connection_metadata(local: Lo
 def test_in_the_browser_switch_on_trigger_and_watch_the_run_turn_green(local: Local) -> None:
     require_chromium()
     api = local.airflow.api
-    assert api.dags()[BROWSER]["is_paused"] is True
+    assert api.set_paused(BROWSER, True)["is_paused"] is True  # operations switched it off
     with chromium(local.airflow.url, "local-executor") as ui:
         ui.open("/")  # → the simple auth manager's sign-in page
         ui.until("the sign-in form", lambda: ui.css("input[name=username]")).send_keys("admin")
@@ -261,7 +296,7 @@ def test_in_the_browser_switch_on_trigger_and_watch_the_run_turn_green(local: Lo
         card_xpath = f"//div[@data-testid='dag-card'][.//a[@data-testid='dag-id' and .='{BROWSER}']]"
         ui.until("the pipelines listed", lambda: ui.xpath(card_xpath))
         listed = {e.text for e in ui.driver.find_elements("css selector", "[data-testid=dag-id]")}
-        assert {SAMPLE, SCHEDULED, BROWSER, BROKEN} <= listed
+        assert {SAMPLE, SCHEDULED, SWITCHED_ON, BROWSER, BROKEN} <= listed
         ui.screenshot("pipelines")
 
         ui.css("button[aria-label='Dag Import Error']").click()
@@ -337,14 +372,34 @@ def test_paused_pipeline_does_not_run_on_its_schedule(local: Local) -> None:
     assert late_tasks == [], f"{SCHEDULED} started tasks after it was paused"
     dag = api.dags()[SCHEDULED]
     assert dag["is_paused"] is True and dag["timetable_summary"] == "* * * * *"  # paused, not unscheduled
-    for dag_id in (SAMPLE, BROWSER, BROKEN):  # disabled specs never ran on a schedule
+    for dag_id in (SAMPLE, BROWSER, BROKEN):  # pipelines without a schedule never ran on one
         assert [r for r in api.runs(dag_id) if r["run_type"] == "scheduled"] == []
+
+
+def test_enabling_the_spec_brings_the_schedule_back_with_no_other_action(local: Local) -> None:
+    """``enabled: false`` → ``true`` in the YAML, and nothing else: the next tick runs it."""
+    api = local.airflow.api
+    assert local.switched_on_at is not None, "runs after the disabled-pipeline test"
+
+    def scheduled_success() -> dict[str, Any] | None:
+        runs = [r for r in api.runs(SWITCHED_ON) if r["run_type"] == "scheduled"]
+        return next((r for r in runs if r["state"] == "success"), None)
+
+    run = local.airflow.wait(f"a scheduled run of {SWITCHED_ON}", scheduled_success, timeout=240)
+    assert epoch(run["queued_at"]) > local.switched_on_at and run["triggered_by"] == "timetable"
+    dag = api.dags()[SWITCHED_ON]
+    assert dag["is_paused"] is False and dag["timetable_summary"] == "* * * * *"
+    assert "disabled" not in tags(dag) and dag["description"] == "Swiss customers"
+    assert set(local.site.customers(SWITCHED_ON)) == local.profile_ids("CH")
+    # Off again, so it stops competing for the executor (nothing more to see here).
+    path = local.site.pipelines / f"{SWITCHED_ON}.yaml"
+    local.site.write_specs({path.name: path.read_text().replace("enabled: true", "enabled: false")})
 
 
 def test_fixing_the_broken_spec_brings_the_pipeline_back(local: Local) -> None:
     """Last: the tests above (the browser's included) look at the broken spec."""
     api = local.airflow.api
-    local.site.write_specs({"broken.yaml": specs.BROKEN.replace("adress.city", "address.city")})
+    local.site.write_specs({specs.BROKEN_FILE: specs.BROKEN.replace("adress.city", "address.city")})
 
     def fixed() -> bool:
         dag = api.dags()[BROKEN]
@@ -353,4 +408,4 @@ def test_fixing_the_broken_spec_brings_the_pipeline_back(local: Local) -> None:
 
     local.airflow.wait("the fixed spec to be picked up", fixed, timeout=120)
     assert chain(api, BROKEN) == ["extract", "transform", "dedupe", "upsert"]
-    assert api.dags()[BROKEN]["is_paused"] is True  # paused it stays: that was decided when first seen
+    assert api.dags()[BROKEN]["is_paused"] is False  # fixing the spec is all it takes to run it

@@ -9,9 +9,9 @@ checked like every other transformation's output.
 Trust model: this is not a sandbox. The code runs with the full rights of the Airflow worker
 (files, network, connections, environment variables), exactly like the code of a DAG file: only
 people trusted to write DAGs may write Python transformations. A spec's inline code is executed
-when a transform task starts; a referenced module is imported when the spec is validated (as
-Python imports it anyway) and again when the task starts. Validation never runs inline code: it
-parses it and checks that ``transform`` exists with a usable signature.
+when a transform task starts; a referenced module is imported when a transform task starts and
+by ``krenalis-airflow validate`` (never when a DAG file is parsed). Validation never runs inline
+code: it parses it and checks that ``transform`` exists with a usable signature.
 
 An exception raised for one profile rejects that profile alone, with the last line of its
 traceback and the line of the transformation that raised it (``KeyError: 'plan' (line 3)``);
@@ -48,15 +48,21 @@ def is_reference(code: str) -> bool:
     return bool(REFERENCE.match(code.strip()))
 
 
-def source_problems(code: str, search_path: Sequence[str | Path] = ()) -> list[str]:
+def source_problems(
+    code: str, search_path: Sequence[str | Path] = (), *, import_reference: bool = True
+) -> list[str]:
     """Why ``code`` cannot be used as a Python transformation; empty when it can.
 
     Inline code is parsed, never run. A reference is imported (with ``search_path`` first on
-    ``sys.path``), which runs the module's top-level code, as any import does.
+    ``sys.path``), which runs the module's top-level code, as any import does — unless
+    ``import_reference`` is False (DAG parsing: the dag-processor would run user code every 30 s;
+    the transform task imports it, and ``krenalis-airflow validate`` checks it imports).
     """
     if not isinstance(code, str) or not code.strip():
         return [f"the code is empty; define {SIGNATURE}"]
     if is_reference(code):
+        if not import_reference:
+            return []
         try:
             _load_reference(code.strip(), search_path)
         except TerminalSyncError as exc:
