@@ -120,16 +120,16 @@ def stage_transform(args: dict[str, Any]) -> dict[str, Any]:
             open(args["output"], "w") as ok,
             open(args["rejections"], "w") as bad,
         ):
-            transformed, rejected = transform_file(src, ok, bad, spec, transformer)
+            transformed, left = transform_file(src, ok, bad, spec, transformer)
         worker = getattr(transformer, "worker_pid", None)  # the JavaScript worker, while it still runs
         if worker is not None:
             worker_peak = peak_rss(worker)
     finally:
         transformer.close()
     return {
-        "rows": transformed + rejected.total(),
+        "rows": transformed + left.rejected.total() + left.skipped.total(),
         "transformed": transformed,
-        "rejected": dict(rejected),
+        "rejected": dict(left.rejected),
         "worker_rss": worker_peak,
     }
 
@@ -146,9 +146,10 @@ def _reader(path: str, change: Callable[[Record], Record] | None = None) -> Call
 def stage_dedupe(args: dict[str, Any]) -> dict[str, Any]:
     export = bench_spec().export
     with open(args["output"], "w") as ok, open(args["rejections"], "w") as bad:
-        kept, dupes = dedupe_file(
+        kept, left = dedupe_file(
             Path(args["input"]).open, ok, bad, export.duplicate_profiles, export.matching.stripe
         )
+    dupes = left.rejected.total() + left.skipped.total()
     return {"rows": kept + dupes, "kept": kept, "duplicates": dupes}
 
 

@@ -2,7 +2,9 @@
 
 * ``validate PATH…``: check pipeline specs (files, or folders of ``*.yaml``/``*.yml``) without
   Airflow; prints ``OK <file> (<id>)`` or ``<file>:<line>: <key.path>: <problem>`` lines and exits 1
-  when anything is wrong. Fast enough for a pre-commit hook or CI.
+  when anything is wrong. Fast enough for a pre-commit hook or CI. With ``--connect``, also checks
+  every column each spec names against its source's real columns and types (as the extract step
+  does before reading a row), through Airflow's connections.
 * ``preview SPEC [--limit N]``: read the first N filtered profiles and show each one beside what
   the transformation makes of it (no Stripe).
 * ``plan SPEC``: the dry run — reads the warehouse and Stripe, writes nothing, reports how many
@@ -13,7 +15,10 @@
   and ``pipelines/`` with a sample spec when the folder has none.
 
 ``validate``, ``schema`` and ``sample-warehouse`` import only the pure core, ``init`` no Airflow either;
-``preview`` and ``plan`` use Airflow's connections (``AIRFLOW_CONN_*``, the metadata DB or a secrets backend).
+``validate --connect``, ``preview`` and ``plan`` use Airflow's connections (``AIRFLOW_CONN_*``, the
+metadata DB or a secrets backend). An expected failure (a connection not defined, a database out of
+reach, a spec error, a key Stripe rejects, a plan past ``export.max_rejected``) is one message on
+stderr and exit status 1, never a traceback.
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from krenalis_airflow.core.spec import LoadedSpec, discover, load_spec, spec_schema
-from krenalis_airflow.exceptions import KrenalisError, SpecError, SpecProblem
+from krenalis_airflow.core.spec import LoadedSpec, discover, load_spec, spec_schema, unique_ids
+from krenalis_airflow.exceptions import KrenalisError, SpecError
 
 Result = LoadedSpec | SpecError
 
@@ -53,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument(
         "paths", nargs="+", type=Path, metavar="PATH", help="a spec file or a folder of specs"
+    )
+    validate.add_argument(
+        "--connect",
+        action="store_true",
+        help="also check every column a spec names against its source's columns and types "
+        "(reads Airflow's connections, as preview does)",
     )
     validate.set_defaults(run=_validate)
 
@@ -128,7 +139,7 @@ def _validate(args: argparse.Namespace) -> int:
     failed = False
     for path in _unique(args.paths):
         if path.is_dir():
-            found = discover(path)
+            found = discover(path, import_references=True)
             if not found:
                 print(f"{path}: no *.yaml or *.yml pipeline specs in this folder")
                 failed = True
@@ -136,9 +147,24 @@ def _validate(args: argparse.Namespace) -> int:
         else:
             results.append(_load(path))
     for result in _unique_ids(results):
+        if args.connect and isinstance(result, LoadedSpec):
+            result = _connected(result)
         failed |= isinstance(result, SpecError)
         _report(result)
     return 1 if failed else 0
+
+
+def _connected(loaded: LoadedSpec) -> Result:
+    """``validate --connect``: the spec checked against its source (a problem per line)."""
+    from krenalis_airflow.local_run import CommandError, check_columns
+
+    try:
+        check_columns(loaded.path, loaded.spec)
+    except SpecError as exc:
+        return exc
+    except CommandError as exc:
+        return SpecError(exc.source, [exc.problem])
+    return loaded
 
 
 def _unique(paths: Iterable[Path]) -> list[Path]:
@@ -159,17 +185,8 @@ def _load(path: Path) -> Result:
 
 
 def _unique_ids(results: Sequence[Result]) -> list[Result]:
-    """Pipeline ids are DAG ids: a spec repeating an id seen earlier in the run becomes an error."""
-    owners: dict[str, Path] = {}
-    checked: list[Result] = []
-    for result in results:
-        if isinstance(result, LoadedSpec):
-            owner = owners.setdefault(result.spec.id, result.path)
-            if owner.resolve() != result.path.resolve():
-                message = f"pipeline id {result.spec.id!r} is already used by {owner}; ids must be unique"
-                result = SpecError(str(result.path), [SpecProblem("id", message, 1)])
-        checked.append(result)
-    return checked
+    """Pipeline ids are DAG ids: the same rule as the DAG factory's, across every path given."""
+    return unique_ids(results)
 
 
 def _report(result: Result) -> None:
@@ -190,8 +207,7 @@ def _preview(args: argparse.Namespace) -> int:
     try:
         sql, pairs = preview(args.spec, args.limit)
     except KrenalisError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+        return _failed("preview", exc)
     print(f"SQL: {sql}\n")
     for profile, outcome in pairs:
         left = [f"{name}: {value!r}" for name, value in profile.items()]
@@ -209,16 +225,24 @@ def _preview(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from krenalis_airflow.local_run import plan
+    from krenalis_airflow.local_run import plan, plan_failure
 
     try:
         summary = plan(args.spec, full_resync=args.full_resync)
     except KrenalisError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+        return _failed("plan", exc)
     print(f"SQL: {summary['sql']}\n")
     _print_plan(summary)
-    return 0
+    failure = plan_failure(args.spec, summary)
+    return 0 if failure is None else _failed("plan", failure)
+
+
+def _failed(command: str, exc: KrenalisError) -> int:
+    """An expected failure: its message alone on stderr (one line, but a spec error's list of
+    problems), exit status 1."""
+    message = str(exc) if isinstance(exc, SpecError) else " ".join(str(exc).split())
+    print(f"krenalis-airflow {command}: {message}", file=sys.stderr)
+    return 1
 
 
 def _print_plan(s: dict[str, Any]) -> None:

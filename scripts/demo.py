@@ -3,13 +3,17 @@
 Builds a sample SQLite warehouse (~1,000 profiles), starts localstripe on loopback (no
 persistence), migrates a throwaway Airflow metadata DB, runs the sample pipeline with
 ``airflow dags test`` twice and prints both summaries — the second one writes nothing.
-Everything lives under ``.demo/`` and what it started is stopped at the end.
+Everything lives under ``.demo/`` and what it started is stopped at the end. ``.demo/env`` keeps
+the demo's Airflow home and connections for the command line (``preview``, ``plan``)::
+
+    set -a; . .demo/env; set +a; .venv/bin/krenalis-airflow plan dags/pipelines/sample_customers.yaml
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -23,6 +27,11 @@ from tests.support.localstripe_process import STRIPE_TEST_KEY, LocalStripe  # no
 DEMO = ROOT / ".demo"
 PIPELINE = "sample_customers"
 BIN = Path(sys.executable).parent
+ENV_FILE = DEMO / "env"  # the demo's Airflow home and connections, for the command line
+PLAN_COMMAND = (
+    "set -a; . .demo/env; set +a; .venv/bin/krenalis-airflow preview dags/pipelines/sample_customers.yaml "
+    "--limit 3 && .venv/bin/krenalis-airflow plan dags/pipelines/sample_customers.yaml"
+)
 
 
 def main() -> int:
@@ -38,6 +47,7 @@ def main() -> int:
             {"conn_type": "stripe", "password": STRIPE_TEST_KEY, "host": stripe_server.url}
         )
         print(f"localstripe listening on {stripe_server.url}", flush=True)
+        write_env_file(env, stripe_server.url)
         summaries = []
         for attempt in (1, 2):
             print(f"\n=== Run {attempt}: airflow dags test {PIPELINE} ===", flush=True)
@@ -53,7 +63,31 @@ def main() -> int:
     writes = second["created"] + second["updated"]
     print(f"\nSecond run wrote {writes} customers ({second['unchanged']} unchanged).")
     print(f"Task logs: {DEMO}/run1.log, {DEMO}/run2.log")
+    print(f"\nPreview and plan it yourself (connections in {ENV_FILE.relative_to(ROOT)}):\n  {PLAN_COMMAND}")
     return 0 if writes == 0 and summaries[0]["created"] > 0 else 1
+
+
+def write_env_file(env: dict[str, str], stripe_url: str) -> None:
+    """The demo's Airflow home and connections, as ``NAME='value'`` lines a shell can source.
+
+    localstripe stops with the demo and keeps nothing, so the Stripe connection fails fast
+    (no retries) when a command needs Stripe; ``plan`` answers from the ledger without it.
+    """
+    stripe = json.loads(env["AIRFLOW_CONN_STRIPE_DEFAULT"])
+    stripe["extra"] = {"max_network_retries": 0, "timeout": 5}
+    values = {
+        "AIRFLOW_HOME": env["AIRFLOW_HOME"],
+        "AIRFLOW_CONN_WAREHOUSE": env["AIRFLOW_CONN_WAREHOUSE"],
+        "AIRFLOW_CONN_STRIPE_DEFAULT": json.dumps(stripe),
+    }
+    lines = [
+        "# Written by `make demo`: its Airflow home and connections, for the command line:",
+        f"#   {PLAN_COMMAND}",
+        f"# localstripe ({stripe_url}) stopped with the demo and kept nothing: a plan reads the",
+        "# ledger the demo's runs wrote; only a profile new to the ledger (or --full-resync) needs Stripe.",
+        *(f"{name}={shlex.quote(value)}" for name, value in values.items()),
+    ]
+    ENV_FILE.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def airflow_env(warehouse: Path) -> dict[str, str]:

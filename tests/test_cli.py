@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -45,13 +46,13 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, lis
 
 
 def test_validate_good_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = tmp_path / "good.yaml"
+    spec = tmp_path / "good_one.yaml"
     spec.write_text(good(), encoding="utf-8")
     assert run(capsys, "validate", spec) == (0, [f"OK {spec} (good_one)"])
 
 
 def test_validate_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = tmp_path / "bad.yaml"
+    spec = tmp_path / "bad_one.yaml"
     spec.write_text(BAD, encoding="utf-8")
     status, lines = run(capsys, "validate", spec)
     assert status == 1
@@ -68,40 +69,44 @@ def test_validate_lists_every_problem_of_a_file(tmp_path: Path, capsys: pytest.C
 
 
 def test_validate_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "a.yaml").write_text(good("first"), encoding="utf-8")
-    (tmp_path / "b.yml").write_text(BAD, encoding="utf-8")
-    (tmp_path / "c.yaml").write_text(good("first"), encoding="utf-8")
-    (tmp_path / "d.yaml").write_text(good("second"), encoding="utf-8")
+    (tmp_path / "first.yaml").write_text(good("first"), encoding="utf-8")
+    (tmp_path / "bad_one.yml").write_text(BAD, encoding="utf-8")
+    (tmp_path / "c.yaml").write_text(good("first"), encoding="utf-8")  # a copy still saying id: first
+    (tmp_path / "second.yaml").write_text(good("second"), encoding="utf-8")
     (tmp_path / "README.md").write_text("not a spec", encoding="utf-8")
     status, lines = run(capsys, "validate", tmp_path)
     assert status == 1
     assert lines == [
-        f"OK {tmp_path / 'a.yaml'} (first)",
-        f"{tmp_path / 'b.yml'}:2: source: give exactly one of 'table' (a table name) or 'query' (a SELECT)",
-        f"{tmp_path / 'c.yaml'}:1: id: pipeline id 'first' is already used by a.yaml; ids must be unique",
-        f"OK {tmp_path / 'd.yaml'} (second)",
+        f"{tmp_path / 'bad_one.yml'}:2: source: give exactly one of 'table' (a table name) or 'query' (a SELECT)",
+        f"{tmp_path / 'c.yaml'}:1: id: id 'first' differs from the file name 'c.yaml', which is the pipeline "
+        "id: remove the id line (the pipeline is then 'c') or rename the file to first.yaml",
+        f"OK {tmp_path / 'first.yaml'} (first)",
+        f"OK {tmp_path / 'second.yaml'} (second)",
     ]
 
 
 def test_validate_good_folder_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "a.yaml").write_text(good("first"), encoding="utf-8")
-    (tmp_path / "b.yaml").write_text(good("second"), encoding="utf-8")
+    (tmp_path / "first.yaml").write_text(good("first"), encoding="utf-8")
+    (tmp_path / "second.yaml").write_text(good("second"), encoding="utf-8")
     status, lines = run(capsys, "validate", tmp_path)
     assert status == 0
-    assert lines == [f"OK {tmp_path / 'a.yaml'} (first)", f"OK {tmp_path / 'b.yaml'} (second)"]
+    assert lines == [f"OK {tmp_path / 'first.yaml'} (first)", f"OK {tmp_path / 'second.yaml'} (second)"]
 
 
 def test_validate_several_paths_checks_ids_across_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    one, two = tmp_path / "one.yaml", tmp_path / "two.yaml"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    one, two = tmp_path / "a" / "same.yaml", tmp_path / "b" / "same.yaml"
     one.write_text(good("same"), encoding="utf-8")
     two.write_text(good("same"), encoding="utf-8")
     status, lines = run(capsys, "validate", one, two, one)  # a path given twice is checked once
     assert status == 1
+    clash = "no spec with that id runs until only one is left: rename or remove all but one of these files"
     assert lines == [
-        f"OK {one} (same)",
-        f"{two}:1: id: pipeline id 'same' is already used by {one}; ids must be unique",
+        f"{one}:1: id: pipeline id 'same' (the file name) is also the id of {two}; {clash}",
+        f"{two}:1: id: pipeline id 'same' (the file name) is also the id of {one}; {clash}",
     ]
 
 
@@ -140,7 +145,7 @@ def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_validate_runs_as_a_module_without_airflow(tmp_path: Path) -> None:
-    spec = tmp_path / "good.yaml"
+    spec = tmp_path / "good_one.yaml"
     spec.write_text(good(), encoding="utf-8")
     probe = (
         "import sys\n"
@@ -388,12 +393,13 @@ def test_written_dag_files_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     namespace = runpy.run_path(str(tmp_path / "krenalis_pipelines.py"))
     dag = namespace["sample_customers"]
     assert [t.task_id for t in dag.topological_sort()] == ["extract", "transform", "dedupe", "upsert"]
-    assert dag.is_paused_upon_creation is True and dag.schedule is None
+    assert dag.schedule is None and "disabled" in dag.tags  # written disabled …
+    assert dag.is_paused_upon_creation is False  # … but not paused: `enabled: true` is all it takes
     runpy.run_path(str(tmp_path / "krenalis_spec_check.py"))  # no broken spec: no import error
 
     (tmp_path / "pipelines" / "broken.yaml").write_text(BAD, encoding="utf-8")
     namespace = runpy.run_path(str(tmp_path / "krenalis_pipelines.py"))  # never raises
-    assert "sample_customers" in namespace and "bad_one" in namespace
+    assert "sample_customers" in namespace and "broken" in namespace  # the file name is the id
     with pytest.raises(BrokenPipelineSpecs, match=r"1 pipeline spec in .*pipelines cannot run"):
         runpy.run_path(str(tmp_path / "krenalis_spec_check.py"))
 
@@ -411,3 +417,55 @@ def test_init_runs_without_airflow(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "pipelines" / "sample_customers.yaml").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# validate --connect: the columns each spec names, against its source (connections from Airflow)
+
+
+def test_validate_connect_checks_each_spec_against_its_source(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warehouse = tmp_path / "warehouse.sqlite"
+    assert run(capsys, "sample-warehouse", warehouse, "--profiles", "10")[0] == 0
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(warehouse)}))
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    (folder / "first.yaml").write_text(good("first"), encoding="utf-8")
+    (folder / "second.yaml").write_text(
+        good("second").replace("property: email", "property: lifetime_value").replace("first_name", "fname"),
+        encoding="utf-8",
+    )
+    assert run(capsys, "validate", folder) == (
+        0,
+        [f"OK {folder / 'first.yaml'} (first)", f"OK {folder / 'second.yaml'} (second)"],
+    )
+    status, lines = run(capsys, "validate", "--connect", folder)
+    assert status == 1
+    second = folder / "second.yaml"
+    assert lines == [
+        f"OK {folder / 'first.yaml'} (first)",
+        f"{second}:4: export.matching.property: column lifetime_value is numeric; the matching property must "
+        "be a text, integer or UUID column: decimal and floating-point values have several spellings "
+        "(1, 1.0, 1.00) and do not compare exactly; match on an integer or text column, or CAST it to "
+        "one in source.query",
+        f"{second}:7: transformation.mapping.name: no column 'fname' in the source; did you mean "
+        "'first_name'?; available columns: profile_id, email, first_name, last_name, phone, country, "
+        "city, postal_code, plan, lifetime_value, vip, updated_at",
+    ]
+
+
+def test_validate_connect_without_the_connection_says_which_env_var_to_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_WAREHOUSE", raising=False)
+    spec = tmp_path / "first.yaml"
+    spec.write_text(good("first"), encoding="utf-8")
+    status = main(["validate", "--connect", str(spec)])
+    out, err = capsys.readouterr()
+    assert (status, err) == (1, "")
+    assert out.startswith(
+        f"{spec}:2: source.conn_id: Airflow has no connection 'warehouse'; define it (airflow connections "
+        "add warehouse …), or for this shell: export AIRFLOW_CONN_WAREHOUSE="
+    )
+    assert out.count("\n") == 1

@@ -5,17 +5,19 @@ Streaming passes over the records, holding one integer per record:
 1. the 64-bit hash of every matching value, sorted to find the hashes seen twice (*suspects*);
 2. ``reject`` only: for the records with a suspect hash, their exact matching values and keys
    (a hash collision is told apart here, so it never makes a false duplicate);
-3. the records again, each kept or rejected (``Duplicates.rejection``, called in file order).
+3. the records again, each kept, rejected or skipped (``Duplicates.verdict``, called in file order).
 
 ``keep_first`` needs no second pass: in the last one, the first record of a suspect value is
-kept and remembered, and the later ones are rejected naming it. ``reject`` must know every
+kept and remembered, and the later ones are skipped naming it. ``reject`` must know every
 profile of a value before the first one goes out, hence its second pass.
 
 The passes need only each record's key and matching value (``find_duplicates``); the dedupe
 step reads just those two from each line and copies the lines it keeps unchanged.
 
-``reject`` rejects every profile of a duplicated value (naming the others); ``keep_first`` keeps
-the first one in extraction order, which is ``export.order_by`` (default: key ascending).
+``reject`` rejects every profile of a duplicated value (naming the others): a problem in the data,
+counted against ``export.max_rejected``. ``keep_first`` keeps the first one in extraction order,
+which is ``export.order_by`` (default: key ascending), and *skips* the others: the user's rule
+at work, counted by reason (``KEPT_FIRST``) and never written as a rejection.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import IO, Literal, Protocol, TypeVar
 
-from krenalis_airflow.core.records import JsonlWriter, Keys, Rejection, read_keyed_lines
+from krenalis_airflow.core.records import JsonlWriter, Keys, LeftOut, Rejection, Skip, read_keyed_lines
 
 STEP = "dedupe"
-KIND = "duplicate profile"
+KIND = "duplicate profile"  # the rejection kind (reject)
+KEPT_FIRST = "duplicate profile; keep_first kept another"  # the skip reason (keep_first)
 SHOWN = 5  # how many other keys a rejection names
 MASK = (1 << 64) - 1
 
@@ -47,7 +50,7 @@ K = TypeVar("K", bound=Keyed)
 
 
 class Duplicates:
-    """The verdict on each record of the last pass; ``rejection`` must be called once per record,
+    """The verdict on each record of the last pass; ``verdict`` must be called once per record,
     in file order (``keep_first`` remembers the first record of each suspect value as it goes)."""
 
     def __init__(
@@ -59,7 +62,7 @@ class Duplicates:
         self.policy = policy
         self.stripe_field = stripe_field
 
-    def rejection(self, key: str, match: str) -> Rejection | None:
+    def verdict(self, key: str, match: str) -> Rejection | Skip | None:
         """None when the record is kept; else why it is not."""
         if not self.suspects or hash(match) & MASK not in self.suspects:
             return None
@@ -67,8 +70,8 @@ class Duplicates:
             first = self.first.setdefault(match, key)
             if first == key:
                 return None
-            reason = f"{self.stripe_field} {match!r} is also on profile {first}, kept first"
-            return Rejection(key, STEP, KIND, reason)
+            detail = f"{self.stripe_field} {match!r} is also on profile {first}, kept first"
+            return Skip(key, STEP, KEPT_FIRST, detail)
         keys = self.groups.get(match, ())
         if len(keys) <= 1:
             return None
@@ -91,12 +94,14 @@ def find_duplicates(records: Callable[[], Iterable[Keyed]], policy: Policy, stri
     return Duplicates(suspects, groups, policy, stripe_field)
 
 
-def dedupe(records: Callable[[], Iterable[K]], policy: Policy, stripe_field: str) -> Iterator[K | Rejection]:
-    """Yield each record, or a Rejection for the duplicates. ``records`` is called three times
-    with ``reject`` and some hash repeated, else twice."""
+def dedupe(
+    records: Callable[[], Iterable[K]], policy: Policy, stripe_field: str
+) -> Iterator[K | Rejection | Skip]:
+    """Yield each record, or a Rejection (``reject``) or Skip (``keep_first``) for the duplicates.
+    ``records`` is called three times with ``reject`` and some hash repeated, else twice."""
     duplicates = find_duplicates(records, policy, stripe_field)
     for record in records():
-        yield duplicates.rejection(record.key, record.match) or record
+        yield duplicates.verdict(record.key, record.match) or record
 
 
 def dedupe_file(
@@ -105,8 +110,9 @@ def dedupe_file(
     rejected: IO[str],
     policy: Policy,
     stripe_field: str,
-) -> tuple[int, int]:
-    """The dedupe step over JSONL files: ``(kept, rejected)`` counts.
+) -> tuple[int, LeftOut]:
+    """The dedupe step over JSONL files: the records kept, and what was left out (rejections are
+    written to ``rejected``; skips are only counted).
 
     Only the key and the matching value of each line are decoded; kept lines are copied as
     they are. ``open_records`` opens the records file (two or three times, as ``dedupe``).
@@ -118,14 +124,18 @@ def dedupe_file(
                 yield found
 
     duplicates = find_duplicates(keys, policy, stripe_field)
+    left = LeftOut()
     with open_records() as stream, JsonlWriter(kept) as ok, JsonlWriter(rejected) as bad:
         for found, line in read_keyed_lines(stream):
-            rejection = duplicates.rejection(found.key, found.match)
-            if rejection is None:
+            verdict = duplicates.verdict(found.key, found.match)
+            if verdict is None:
                 ok.write_line(line)
+            elif isinstance(verdict, Rejection):
+                left.rejected[verdict.kind] += 1
+                bad.write(verdict)
             else:
-                bad.write(rejection)
-    return ok.count, bad.count
+                left.skip(verdict)
+    return ok.count, left
 
 
 def _repeated_hashes(records: Iterable[Keyed]) -> set[int]:

@@ -12,7 +12,9 @@ The operator's extract step makes one call, then runs what it returns::
 
 ``prepare_extraction`` probes the source (its columns, and the types of the columns the filter
 reads), checks every column the spec names, and compiles the filter for the source's dialect
-(``filters.py``). The building blocks (``probe_sql``, ``columns_of``, ``column_kinds``,
+(``filters.py``). The extract step and ``validate --connect`` first check the whole spec against
+the probe (``columns.check_source``, with file:line errors) and pass the probe on (``probed=``).
+The building blocks (``probe_source``, ``probe_sql``, ``columns_of``, ``column_kinds``,
 ``select_sql``, ``count_sql``) stay public for callers that need them one by one.
 
 A source is wrapped as ``SELECT * FROM <table or (query)> AS src`` so tables and queries behave the
@@ -101,6 +103,28 @@ class Extraction:
         return f"{self.sql}\n-- parameters: {self.params!r}"
 
 
+@dataclass(frozen=True)
+class SourceColumns:
+    """What a probe of the source found: its columns in order, and the kinds of those asked for."""
+
+    names: tuple[str, ...]
+    kinds: dict[str, Kind]
+    dialect: str  # the SQLAlchemy dialect name (``dialect_name``)
+
+
+def probe_source(
+    cursor: Any, source: Source, *, dialect: str | None, placeholder: str, typed: Sequence[str] = ()
+) -> SourceColumns:
+    """The source's columns (one query that returns no rows), and the kinds of those of ``typed``
+    that exist (free on PostgreSQL; SQLite reads declared types, see the module's docstring)."""
+    name = dialect_name(dialect, placeholder)
+    cursor.execute(probe_sql(source, sql_dialect(name, placeholder)))
+    names = columns_of(cursor)
+    description = list(cursor.description)
+    wanted = sorted({column for column in typed if column in names})
+    return SourceColumns(tuple(names), column_kinds(cursor, source, name, wanted, description), name)
+
+
 def prepare_extraction(
     cursor: Any,
     source: Source,
@@ -111,6 +135,7 @@ def prepare_extraction(
     order: tuple[str, bool] | None,
     source_name: str = "<spec>",
     select: Sequence[tuple[str, str]] = (),
+    probed: SourceColumns | None = None,
 ) -> Extraction:
     """Probe the source through ``cursor`` and compile the extraction for it.
 
@@ -119,13 +144,36 @@ def prepare_extraction(
     ``transformation.inputs`` — limits the columns read; empty reads them all. Raises one
     ``SpecError`` (file ``source_name``) listing every unknown column, every operator that does
     not apply to its column and every value that does not convert to its column's type.
+    ``probed``: a probe already checked (``columns.check_source``), reused instead of probing again.
     """
     name = dialect_name(dialect, placeholder)
     quoting = sql_dialect(name, placeholder)
-    cursor.execute(probe_sql(source, quoting))
-    columns = columns_of(cursor)
-    description = list(cursor.description)
-    problems = _column_problems(source, columns, order) + filter_problems(group, columns)
+    read = set(filter_columns(group))
+    if probed is None:
+        probed = _probe_checked(cursor, source, group, name, placeholder, order, source_name, select)
+    columns = list(probed.names)
+    kinds = {column: kind for column, kind in probed.kinds.items() if column in read}
+    where, params = compile_filter(group, columns, placeholder, source=source_name, dialect=name, kinds=kinds)
+    projection = list(dict.fromkeys(column for _, column in select))
+    sql = _select(source, where, order, placeholder, name, projection)
+    return Extraction(sql, params, count_sql(source, quoting), projection or columns, kinds, where)
+
+
+def _probe_checked(
+    cursor: Any,
+    source: Source,
+    group: Group | None,
+    dialect: str,
+    placeholder: str,
+    order: tuple[str, bool] | None,
+    source_name: str,
+    select: Sequence[tuple[str, str]],
+) -> SourceColumns:
+    probed = probe_source(
+        cursor, source, dialect=dialect, placeholder=placeholder, typed=filter_columns(group)
+    )
+    columns = probed.names
+    problems = source_problems(source, columns, order) + filter_problems(group, columns)
     problems += [
         SpecProblem(path, unknown_column_message(name, columns))
         for path, name in select
@@ -133,12 +181,7 @@ def prepare_extraction(
     ]
     if problems:
         raise SpecError(source_name, problems)
-    read = sorted({column for column in _filter_columns(group) if column in columns})
-    kinds = column_kinds(cursor, source, name, read, description)
-    where, params = compile_filter(group, columns, placeholder, source=source_name, dialect=name, kinds=kinds)
-    projection = list(dict.fromkeys(column for _, column in select))
-    sql = _select(source, where, order, placeholder, name, projection)
-    return Extraction(sql, params, count_sql(source, quoting), projection or columns, kinds, where)
+    return probed
 
 
 def column_kinds(
@@ -207,7 +250,8 @@ def _sqlite_value_kind(cursor: Any, source: Source, name: str) -> Kind:
     return _SQLITE_VALUE_KINDS.get(row[0], Kind.OTHER) if row else Kind.OTHER
 
 
-def _filter_columns(group: Group | None) -> list[str]:
+def filter_columns(group: Group | None) -> list[str]:
+    """The columns a filter reads (a JSON path reads its first segment)."""
     return [] if group is None else [prop.split(".")[0] for prop in group.properties()]
 
 
@@ -273,7 +317,7 @@ def select_sql(
     ``SpecError``.
     """
     check_placeholder(placeholder)
-    problems = _column_problems(source, columns, order) + filter_problems(group, columns)
+    problems = source_problems(source, columns, order) + filter_problems(group, columns)
     if problems:
         raise SpecError(source_name, problems)
     name = dialect_name(dialect, placeholder)
@@ -357,9 +401,10 @@ def _decimal(value: Decimal) -> int | float:
     return float(value)
 
 
-def _column_problems(
+def source_problems(
     source: Source, columns: Sequence[str], order: tuple[str, bool] | None
 ) -> list[SpecProblem]:
+    """Columns repeated in the source, and a key or order column that is not one of ``columns``."""
     problems: list[SpecProblem] = []
     origin = "source.table" if source.table is not None else "source.query"
     repeated = sorted(name for name, count in Counter(columns).items() if count > 1)

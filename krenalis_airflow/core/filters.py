@@ -150,6 +150,16 @@ def filter_problems(group: Group | None, columns: Sequence[str], path: str = "fi
     return problems
 
 
+def value_problems(group: Group | None, dialect: str, kinds: Mapping[str, Kind]) -> list[SpecProblem]:
+    """Every operator that does not apply to its column and every value that does not convert to
+    its column's type, with key paths; ``kinds`` as for ``compile_filter`` (columns not checked)."""
+    if group is None:
+        return []
+    builder = _Builder(dialect, kinds)
+    builder.group(group, "filter")
+    return builder.problems
+
+
 def unknown_column_message(name: str, columns: Sequence[str]) -> str:
     """``no column 'x' in the source; did you mean 'y'? available: a, b`` (the hint when one is close)."""
     message = f"no column {name!r} in the source"

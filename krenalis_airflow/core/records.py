@@ -3,11 +3,17 @@
 Encoding and decoding use msgspec (an Airflow dependency), a thousand lines per call: lines are
 read and written in chunks and decoded straight into ``Record``/``Rejection`` structs, because
 per-line JSON calls and dict → object copies were the slowest part of every step.
+
+A step's verdict on each profile is one of three types: a ``Record`` goes on, a ``Rejection`` is
+a problem (written to the step's rejection file, counted against ``export.max_rejected``), a
+``Skip`` is the pipeline's own rule at work (only counted, by reason; see ``LeftOut``).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from itertools import islice
 from types import TracebackType
 from typing import IO, Any, TypeVar
@@ -35,6 +41,36 @@ class Rejection(msgspec.Struct, frozen=True):
     step: str
     kind: str
     reason: str
+
+
+class Skip(msgspec.Struct, frozen=True):
+    """A profile the spec's own rules leave out (``keep_first``, ``update_only``, ``create_only``):
+    not a problem, so never written as a rejection nor counted against ``export.max_rejected``.
+
+    ``reason`` is short and fixed (the count's key in the summary); ``detail`` names this profile's case.
+    """
+
+    key: str
+    step: str
+    reason: str
+    detail: str = ""
+
+
+SAMPLES = 5  # skipped profiles a step names in the summary
+
+
+@dataclass
+class LeftOut:
+    """What a step left out: rejections by kind, skips by reason, and the first skips as samples."""
+
+    rejected: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    samples: list[str] = field(default_factory=list)  # "key: detail" of the first SAMPLES skips
+
+    def skip(self, item: Skip) -> None:
+        self.skipped[item.reason] += 1
+        if len(self.samples) < SAMPLES:
+            self.samples.append(f"{item.key}: {item.detail or item.reason}")
 
 
 class Keys(msgspec.Struct, frozen=True):

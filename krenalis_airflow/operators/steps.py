@@ -22,6 +22,7 @@ from airflow.sdk import BaseHook, ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 
 from krenalis_airflow.core import extract as sql
+from krenalis_airflow.core.columns import check_source, mapping_problems, spec_error
 from krenalis_airflow.core.dedupe import dedupe_file
 from krenalis_airflow.core.history import History
 from krenalis_airflow.core.ledger import EmptyLedger, Ledger
@@ -38,9 +39,8 @@ from krenalis_airflow.core.spec import PipelineSpec
 from krenalis_airflow.core.stripe_api import StripeCustomers
 from krenalis_airflow.core.sync import LedgerStore, Syncer, SyncOptions, SyncResult
 from krenalis_airflow.core.transform.build import build_transformer
-from krenalis_airflow.core.transform.mapping import variables
 from krenalis_airflow.core.transform.run import transform_file
-from krenalis_airflow.exceptions import RetryableSyncError, SpecError, SpecProblem, TerminalSyncError
+from krenalis_airflow.exceptions import RetryableSyncError, TerminalSyncError
 from krenalis_airflow.hooks.stripe import StripeHook
 from krenalis_airflow.operators.storage import keep_files
 
@@ -104,6 +104,10 @@ def extract(run: StepRun) -> dict[str, Any]:
     spec = run.spec
     hook = sql_hook(spec.source.conn_id)
     with _cursor(hook) as (conn, cursor):
+        # Every column the spec names, checked before a row is read (as validate --connect does).
+        probed = check_source(
+            cursor, spec, run.spec_file, dialect=hook.dialect_name, placeholder=hook.placeholder
+        )
         extraction = sql.prepare_extraction(
             cursor,
             spec.source,
@@ -113,6 +117,7 @@ def extract(run: StepRun) -> dict[str, Any]:
             order=spec.export.order,
             source_name=run.spec_file,
             select=_selected_columns(spec),
+            probed=probed,
         )
         run.log.info("Extracting with:\n%s", extraction.display())
         cursor.execute(extraction.count_sql)
@@ -154,38 +159,33 @@ def transform(run: StepRun) -> dict[str, Any]:
             records.open("w") as ok,
             rejections.open("w") as bad,
         ):
-            transformed, rejected = transform_file(src, ok, bad, run.spec, transformer)
+            transformed, left = transform_file(src, ok, bad, run.spec, transformer)
     finally:
         transformer.close()
     _log_rejections(run, rejections)
     run.log.info(
-        "Transformed %d profiles (%s), rejected %d", transformed, transformation.language, rejected.total()
+        "Transformed %d profiles (%s), rejected %d, skipped %d",
+        transformed,
+        transformation.language,
+        left.rejected.total(),
+        left.skipped.total(),
     )
     return {
         **run.upstream,
         "records": str(records),
         "transformed": transformed,
-        "rejected": dict(rejected),
+        "rejected": dict(left.rejected),
+        "skipped": dict(left.skipped),
+        "skipped_samples": left.samples,
         "rejection_files": [str(rejections)],
     }
 
 
 def _check_columns(run: StepRun, columns: set[str]) -> None:
-    """Fail before anything is written when a mapping reads columns the source lacks."""
-    mapping = run.spec.transformation.mapping
-    if mapping is None:
-        return  # code lists what it reads in inputs, which the extract step already checked
-    reads = {f"transformation.mapping.{field}": names for field, names in variables(mapping).items()}
-    problems = [
-        SpecProblem(
-            path,
-            f"reads {', '.join(sorted(missing))}, not a column of the source; columns: {', '.join(sorted(columns))}",
-        )
-        for path, names in reads.items()
-        if (missing := names - columns)
-    ]
-    if problems:
-        raise SpecError(run.spec_file, problems)
+    """Fail before anything is written when a mapping reads columns the extracted profiles lack
+    (the extract step checked them against the source; its output may be older than the spec)."""
+    if problems := mapping_problems(run.spec.transformation, sorted(columns)):
+        raise spec_error(run.spec_file, problems)
 
 
 def _reader(path: str) -> Callable[[], Iterator[Record]]:
@@ -200,7 +200,7 @@ def dedupe(run: StepRun) -> dict[str, Any]:
     export = run.spec.export
     kept, duplicates = run.file("deduped.jsonl"), run.file("rejected-dedupe.jsonl")
     with kept.open("w") as ok, duplicates.open("w") as bad:
-        count, dupes = dedupe_file(
+        count, left = dedupe_file(
             ObjectStoragePath(run.upstream["records"]).open,
             ok,
             bad,
@@ -208,16 +208,23 @@ def dedupe(run: StepRun) -> dict[str, Any]:
             export.matching.stripe,
         )
     _log_rejections(run, duplicates)
-    run.log.info("%d profiles left after dedupe, %d duplicates rejected", count, dupes)
-    rejected = dict(run.upstream["rejected"])
-    if dupes:
-        rejected["duplicate profile"] = dupes
+    dupes = left.rejected.total() + left.skipped.total()
+    run.log.info(
+        "%d profiles left after dedupe; %d duplicates %s (duplicate_profiles: %s)",
+        count,
+        dupes,
+        "skipped" if export.duplicate_profiles == "keep_first" else "rejected",
+        export.duplicate_profiles,
+    )
+    up = run.upstream
     return {
-        **run.upstream,
+        **up,
         "deduped": str(kept),
         "duplicates": dupes,
-        "rejected": rejected,
-        "rejection_files": [*run.upstream["rejection_files"], str(duplicates)],
+        "rejected": dict(Counter(up["rejected"]) + left.rejected),
+        "skipped": dict(Counter(up.get("skipped", {})) + left.skipped),
+        "skipped_samples": [*up.get("skipped_samples", []), *left.samples],
+        "rejection_files": [*up["rejection_files"], str(duplicates)],
     }
 
 
@@ -304,12 +311,16 @@ def _rejections(paths: list[str]) -> Iterator[Rejection]:
 
 
 def _outcome(limit: int, summary: dict[str, Any]) -> str:
+    """Only problems count against ``export.max_rejected``: rejected and failed profiles. Skipped
+    ones (``keep_first``, ``update_only``, ``create_only`` at work) never turn a run red."""
     bad = summary["rejected_total"] + summary["failed"]
     if bad <= limit:
         return "success"
+    skipped = summary.get("skipped_total", 0)
     return (
         f"failed: {summary['rejected_total']} rejected + {summary['failed']} failed profiles exceed "
         f"export.max_rejected ({limit} for {summary['extracted']} extracted)"
+        + (f"; skipped profiles ({skipped}) do not count" if skipped else "")
     )
 
 
@@ -326,6 +337,11 @@ def _summary(run: StepRun, result: SyncResult, retried: Counter[str]) -> dict[st
     with rejections.open("w") as out:
         write_jsonl(out, result.rejections)
     rejected.update(r.kind for r in result.rejections)
+    skipped = Counter(up.get("skipped", {}))  # every step's skips, merged by reason
+    skipped.update(result.skipped)
+    samples = dict(result.samples)
+    if up.get("skipped_samples"):
+        samples["skipped"] = [*up["skipped_samples"], *samples.get("skipped", [])]
     summary = {
         "pipeline": run.spec.id,
         "sql": up["sql"],
@@ -340,11 +356,12 @@ def _summary(run: StepRun, result: SyncResult, retried: Counter[str]) -> dict[st
         "created": result.created,
         "updated": result.updated,
         "unchanged": result.unchanged,
-        "skipped": dict(result.skipped),
+        "skipped": dict(skipped),
+        "skipped_total": skipped.total(),
         "failed": result.failed,
         "api_calls": dict(result.api_calls),
         "retried": dict(retried),
-        "samples": dict(result.samples),
+        "samples": samples,
         "rejection_files": [*up["rejection_files"], str(rejections)],
     }
     with run.file("summary.json").open("w") as out:
@@ -362,7 +379,7 @@ def _report(run: StepRun, summary: dict[str, Any]) -> None:
         (f"{would}created", summary["created"], ""),
         (f"{would}updated", summary["updated"], ""),
         ("unchanged", summary["unchanged"], ""),
-        ("skipped", sum(summary["skipped"].values()), summary["skipped"] or ""),
+        ("skipped", summary["skipped_total"], summary["skipped"] or ""),
         ("failed", summary["failed"], ""),
         ("Stripe API calls", sum(summary["api_calls"].values()), summary["api_calls"] or ""),
         ("retried calls", sum(summary["retried"].values()), summary["retried"] or ""),
@@ -370,6 +387,9 @@ def _report(run: StepRun, summary: dict[str, Any]) -> None:
     title = f"Pipeline {summary['pipeline']}" + (" (DRY RUN: nothing written)" if run.dry_run else "")
     table = "\n".join(f"  {name:<18}{count:>8}  {detail}".rstrip() for name, count, detail in rows)
     run.log.info("Sync summary — %s\n%s", title, table)
+    if skipped := summary["samples"].get("skipped"):
+        listed = "\n".join(f"  {sample}" for sample in skipped)
+        run.log.info("Skipped by the spec's rules (not counted as rejected), e.g.:\n%s", listed)
     _log_rejections(run, run.file("rejected-upsert.jsonl"))
 
 

@@ -1,4 +1,7 @@
-"""Duplicate profiles: the reject and keep_first policies, and the two streaming passes."""
+"""Duplicate profiles: the reject and keep_first policies, and the two streaming passes.
+
+``reject`` rejects (a problem, counted against max_rejected); ``keep_first`` skips (the user's
+rule at work, counted by reason, never written as a rejection)."""
 
 from __future__ import annotations
 
@@ -8,8 +11,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from krenalis_airflow.core.dedupe import dedupe, dedupe_file
-from krenalis_airflow.core.records import Record, Rejection, read_rejections, write_jsonl
+from krenalis_airflow.core.dedupe import KEPT_FIRST, dedupe, dedupe_file
+from krenalis_airflow.core.records import Record, Rejection, Skip, read_rejections, write_jsonl
 
 
 def rec(key: str, match: str) -> Record:
@@ -34,11 +37,14 @@ class Source:
             yield record
 
 
-def run(records: Sequence[Record], policy: str, field: str = "email") -> list[Record | Rejection]:
+Item = Record | Rejection | Skip
+
+
+def run(records: Sequence[Record], policy: str, field: str = "email") -> list[Item]:
     return list(dedupe(Source(records), policy, field))  # type: ignore[arg-type]
 
 
-def by_key(items: list[Record | Rejection]) -> dict[str, Record | Rejection]:
+def by_key(items: list[Item]) -> dict[str, Item]:
     return {item.key: item for item in items}
 
 
@@ -127,7 +133,7 @@ def test_reject_caps_the_listed_names(sharing: int, listed: list[str], suffix: s
 # keep_first
 
 
-def test_keep_first_keeps_the_first_in_input_order_and_names_it() -> None:
+def test_keep_first_keeps_the_first_in_input_order_and_skips_the_others_naming_it() -> None:
     # Input order is the extraction order (export.order_by); it is deliberately not key order.
     records = [rec("z9", "x@x"), rec("b2", "y@x"), rec("a1", "x@x"), rec("m5", "x@x")]
     out = run(records, "keep_first")
@@ -135,9 +141,9 @@ def test_keep_first_keeps_the_first_in_input_order_and_names_it() -> None:
     assert out[0] is records[0]
     assert out[1] is records[1]
     for item in out[2:]:
-        assert isinstance(item, Rejection)
-        assert (item.step, item.kind) == ("dedupe", "duplicate profile")
-        assert item.reason == "email 'x@x' is also on profile z9, kept first"
+        assert isinstance(item, Skip)  # the user's rule, not a problem: never a Rejection
+        assert (item.step, item.reason) == ("dedupe", "duplicate profile; keep_first kept another")
+        assert item.detail == "email 'x@x' is also on profile z9, kept first"
 
 
 def test_keep_first_handles_several_duplicated_values_independently() -> None:
@@ -145,11 +151,12 @@ def test_keep_first_handles_several_duplicated_values_independently() -> None:
     out = run(records, "keep_first")
     kept = [item.key for item in out if isinstance(item, Record)]
     assert kept == ["1", "2", "5"]
-    rejected = {item.key: item.reason for item in out if isinstance(item, Rejection)}
-    assert rejected == {
+    skipped = {item.key: item.detail for item in out if isinstance(item, Skip)}
+    assert skipped == {
         "3": "email 'b' is also on profile 2, kept first",
         "4": "email 'a' is also on profile 1, kept first",
     }
+    assert not any(isinstance(item, Rejection) for item in out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,7 +200,7 @@ def test_the_last_pass_is_streamed(policy: str, read: list[int]) -> None:
 
 @pytest.mark.parametrize(
     ("policy", "kinds"),
-    [("reject", ["Rejection", "Record", "Rejection"]), ("keep_first", ["Record", "Record", "Rejection"])],
+    [("reject", ["Rejection", "Record", "Rejection"]), ("keep_first", ["Record", "Record", "Skip"])],
 )
 def test_a_hash_collision_is_not_a_duplicate(
     monkeypatch: pytest.MonkeyPatch, policy: str, kinds: list[str]
@@ -212,7 +219,7 @@ def test_a_hash_collision_is_not_a_duplicate(
 
 
 @pytest.mark.parametrize("policy", ["reject", "keep_first"])
-def test_dedupe_file_copies_kept_lines_unchanged_and_writes_the_rejections(policy: str) -> None:
+def test_dedupe_file_copies_kept_lines_unchanged_and_writes_only_the_rejections(policy: str) -> None:
     records = [rec("1", "a@x"), rec("2", "b@x"), rec("3", "a@x"), rec("4", "c@x")]
     encoded = io.StringIO()
     write_jsonl(encoded, records)
@@ -227,7 +234,7 @@ def test_dedupe_file_copies_kept_lines_unchanged_and_writes_the_rejections(polic
         yield io.StringIO(text)
 
     kept, rejected = io.StringIO(), io.StringIO()
-    counts = dedupe_file(open_records, kept, rejected, policy, "email")  # type: ignore[arg-type]
+    count, left = dedupe_file(open_records, kept, rejected, policy, "email")  # type: ignore[arg-type]
     expected = list(dedupe(lambda: iter(records), policy, "email"))  # type: ignore[arg-type]
     kept_keys = [item.key for item in expected if isinstance(item, Record)]
     assert kept.getvalue() == "".join(
@@ -236,5 +243,27 @@ def test_dedupe_file_copies_kept_lines_unchanged_and_writes_the_rejections(polic
     assert list(read_rejections(io.StringIO(rejected.getvalue()))) == [
         item for item in expected if isinstance(item, Rejection)
     ]
-    assert counts == (len(kept_keys), len(records) - len(kept_keys))
+    assert count == len(kept_keys) == 3 - (policy == "reject")
+    if policy == "reject":  # both profiles of a@x: a problem, written and counted as rejected
+        assert (dict(left.rejected), dict(left.skipped), left.samples) == ({"duplicate profile": 2}, {}, [])
+    else:  # the second profile of a@x: counted as skipped, with its reason; no rejection written
+        assert rejected.getvalue() == ""
+        assert (dict(left.rejected), dict(left.skipped)) == ({}, {KEPT_FIRST: 1})
+        assert left.samples == ["3: email 'a@x' is also on profile 1, kept first"]
     assert len(opened) == (3 if policy == "reject" else 2)
+
+
+def test_dedupe_file_names_only_the_first_skipped_profiles() -> None:
+    records = [rec(str(i), "same@x") for i in range(1, 9)]
+    encoded = io.StringIO()
+    write_jsonl(encoded, records)
+    text = encoded.getvalue()
+
+    @contextmanager
+    def open_records() -> Iterator[io.StringIO]:
+        yield io.StringIO(text)
+
+    kept, rejected = io.StringIO(), io.StringIO()
+    count, left = dedupe_file(open_records, kept, rejected, "keep_first", "email")
+    assert (count, dict(left.skipped), rejected.getvalue()) == (1, {KEPT_FIRST: 7}, "")
+    assert [sample.split(":")[0] for sample in left.samples] == ["2", "3", "4", "5", "6"]

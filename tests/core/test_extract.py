@@ -23,6 +23,7 @@ from krenalis_airflow.core.extract import (
     iter_rows,
     json_value,
     prepare_extraction,
+    probe_source,
     probe_sql,
     select_sql,
     sqlite_kind,
@@ -507,3 +508,44 @@ def test_postgres_values_are_json_ready(pg_schema: str, driver: str) -> None:
     }
     assert type(row["whole"]) is int and type(row["flag"]) is bool
     json.dumps(row, allow_nan=False)
+
+
+def test_a_probe_checked_first_is_reused(db: Backend) -> None:
+    """The extract step probes once (``columns.check_source``) and hands the probe on."""
+    source = table_source(db)
+    filter_group = group(cond("updated_at", "is after", "2024-02-01"), cond("plan", "is not", "free"))
+    probed = probe_source(
+        db.conn.cursor(),
+        source,
+        dialect=db.dialect,
+        placeholder=db.placeholder,
+        typed=["plan", "email", "nope"],
+    )
+    assert probed.names == tuple(COLUMNS)
+    assert probed.kinds == {"email": Kind.TEXT, "plan": Kind.TEXT}  # those asked for that exist
+    assert probed.dialect == db.dialect
+    again = prepare_extraction(
+        db.conn.cursor(),
+        source,
+        filter_group,
+        dialect=db.dialect,
+        placeholder=db.placeholder,
+        order=("orders", True),
+        probed=probe_source(
+            db.conn.cursor(),
+            source,
+            dialect=db.dialect,
+            placeholder=db.placeholder,
+            typed=["updated_at", "plan", "email"],
+        ),
+    )
+    fresh = prepare_extraction(
+        db.conn.cursor(),
+        source,
+        filter_group,
+        dialect=db.dialect,
+        placeholder=db.placeholder,
+        order=("orders", True),
+    )
+    assert again == fresh  # the filter's kinds only, whatever else the probe typed
+    assert fresh.kinds == {"updated_at": Kind.TIMESTAMP, "plan": Kind.TEXT}

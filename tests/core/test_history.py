@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -79,3 +80,19 @@ def test_a_run_and_its_rejections_are_recorded_and_a_retry_replaces_them(connect
     assert rows(conn, f"SELECT profile_key, step, kind FROM {prefix}rejections") == [
         ("p1", "transform", "empty matching value")
     ]
+
+
+def test_skipped_profiles_are_counted_in_the_run_row_not_recorded_as_rejections(connection) -> None:
+    conn, ph, prefix = connection
+    history = History(conn, ph, "pipe", prefix)
+    history.ensure_tables()
+    skipped = {"duplicate profile; keep_first kept another": 2, "no Stripe customer has this id": 1}
+    summary = {**SUMMARY, "rejected": {}, "skipped": skipped, "skipped_total": 3}
+    assert history.record_rejections("run-1", iter([])) == 0
+    history.record_run("run-1", "2026-01-01T00:00:00+00:00", summary, "success")
+    [(rejected_total, skipped_total, recorded)] = rows(
+        conn, f"SELECT rejected_total, skipped_total, summary FROM {prefix}runs"
+    )
+    assert (rejected_total, skipped_total) == (0, 3)
+    assert json.loads(recorded)["skipped"] == skipped
+    assert rows(conn, f"SELECT count(*) FROM {prefix}rejections") == [(0,)]

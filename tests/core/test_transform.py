@@ -6,6 +6,7 @@ Expected values are written out literally; none is computed with the code under 
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -20,10 +21,17 @@ from krenalis_airflow.core.fields import (
     same_value,
     to_params,
 )
-from krenalis_airflow.core.records import Record, Rejection
-from krenalis_airflow.core.spec import PipelineSpec, parse_spec
+from krenalis_airflow.core.records import (
+    Record,
+    Rejection,
+    Skip,
+    read_records,
+    read_rejections,
+    write_jsonl,
+)
+from krenalis_airflow.core.spec import PipelineSpec, load_spec, parse_spec
 from krenalis_airflow.core.transform.mapping import MappingTransform, syntax_problems, variables
-from krenalis_airflow.core.transform.run import transform_profiles
+from krenalis_airflow.core.transform.run import NO_MATCH, transform_file, transform_profiles
 from krenalis_airflow.core.transform.validate import stripe_value
 from krenalis_airflow.exceptions import TransformError
 
@@ -383,7 +391,7 @@ def test_concatenating_a_list_fails_with_a_hint() -> None:
 
 
 def test_the_sample_pipeline_mapping_never_writes_none() -> None:
-    mapping = parse_spec(SAMPLE.read_text()).transformation.mapping
+    mapping = load_spec(SAMPLE).transformation.mapping  # the sample's id is its file name
     assert mapping is not None
     profile: dict[str, Any] = dict.fromkeys(set().union(*variables(mapping).values()), "x")
     payload = MappingTransform(mapping)({**profile, "last_name": None})
@@ -574,6 +582,50 @@ def test_empty_matching_value_is_rejected(email_spec: PipelineSpec, value: Any) 
     assert isinstance(item, Rejection)
     assert (item.key, item.step, item.kind) == ("1", "transform", "empty matching value")
     assert "'email'" in item.reason
+
+
+@pytest.mark.parametrize("mode", ["create_only", "create_and_update"])
+def test_empty_matching_value_is_rejected_whenever_the_export_creates(mode: str) -> None:
+    [item] = transform_profiles([{**ADA, "email": None}], make_spec(mode=mode), name_transform())
+    assert isinstance(item, Rejection)
+    assert item.kind == "empty matching value"
+
+
+@pytest.mark.parametrize(("stripe", "prop"), [("email", "email"), ("id", "stripe_id")])
+@pytest.mark.parametrize("value", [None, "", " "])
+def test_update_only_skips_a_profile_without_a_matching_value(stripe: str, prop: str, value: Any) -> None:
+    """Nothing to update and update_only never creates: the user's rule, not bad data."""
+    spec = make_spec(stripe=stripe, prop=prop, mode="update_only")
+    profiles = [{**ADA, "profile_id": 1, prop: value}, {**ADA, "profile_id": 2, prop: "cus_2"}]
+    skipped, record = transform_profiles(profiles, spec, name_transform())
+    assert skipped == Skip("1", "transform", NO_MATCH, f"'{prop}' is empty; nothing to update")
+    assert NO_MATCH == "no matching value; update_only never creates"
+    assert isinstance(record, Record) and record.match == "cus_2"
+
+
+def test_transform_file_writes_records_and_rejections_and_counts_skips() -> None:
+    profiles = [
+        {**ADA, "profile_id": 1, "stripe_id": "cus_1"},
+        {**ADA, "profile_id": 2, "stripe_id": None},
+        {**ADA, "profile_id": 3, "stripe_id": "cus_3", "last_name": None},
+        {**ADA, "profile_id": 4, "stripe_id": ""},
+        {"profile_id": 5, "stripe_id": "cus_5", "first_name": "Al"},  # no last_name: an error
+    ]
+    source = io.StringIO()
+    write_jsonl(source, profiles)
+    source.seek(0)
+    records, rejections = io.StringIO(), io.StringIO()
+    spec = make_spec(stripe="id", prop="stripe_id", mode="update_only")
+    count, left = transform_file(source, records, rejections, spec, name_transform())
+    assert count == 2 and [r.key for r in read_records(io.StringIO(records.getvalue()))] == ["1", "3"]
+    assert [(r.key, r.kind) for r in read_rejections(io.StringIO(rejections.getvalue()))] == [
+        ("5", "transformation error")
+    ]
+    assert (dict(left.rejected), dict(left.skipped)) == ({"transformation error": 1}, {NO_MATCH: 2})
+    assert left.samples == [
+        "2: 'stripe_id' is empty; nothing to update",
+        "4: 'stripe_id' is empty; nothing to update",
+    ]
 
 
 def test_missing_matching_property_is_rejected(email_spec: PipelineSpec) -> None:

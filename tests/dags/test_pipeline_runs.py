@@ -6,12 +6,15 @@ import json
 import sqlite3
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
 import stripe
 
+from krenalis_airflow.core.dedupe import KEPT_FIRST
 from krenalis_airflow.core.sample_data import write_sqlite_warehouse
+from krenalis_airflow.core.transform.run import NO_MATCH
 from tests.dags.conftest import ROOT, AirflowEnv
 from tests.support.localstripe_process import STRIPE_TEST_KEY
 
@@ -45,7 +48,7 @@ def test_sample_pipeline_first_sync_rerun_and_k_changes(
 ) -> None:
     write_sqlite_warehouse(airflow_env.warehouse, profiles=400)
     write_spec("sample_customers.yaml", SAMPLE.read_text())
-    write_spec("broken.yaml", BROKEN)
+    write_spec("broken_pipeline.yaml", BROKEN)
 
     first = airflow_env.run_dag("sample_customers")
     assert "Sync summary" in airflow_env.last_output and STRIPE_TEST_KEY not in airflow_env.last_output
@@ -97,12 +100,12 @@ def test_sample_pipeline_first_sync_rerun_and_k_changes(
 def test_broken_spec_is_visible_and_hides_nothing(airflow_env: AirflowEnv, write_spec) -> None:
     write_sqlite_warehouse(airflow_env.warehouse, profiles=50)
     write_spec("sample_customers.yaml", SAMPLE.read_text())
-    write_spec("broken.yaml", BROKEN)
+    write_spec("broken_pipeline.yaml", BROKEN)
     airflow_env.airflow("dags", "reserialize")
     listed = json.loads(airflow_env.airflow("dags", "list", "-o", "json").stdout.strip().splitlines()[-1])
     by_id = {d["dag_id"]: d for d in listed}
     assert {"sample_customers", "broken_pipeline"} <= set(by_id)
-    assert str(by_id["broken_pipeline"]["is_paused"]).lower() == "true"
+    assert str(by_id["broken_pipeline"]["is_paused"]).lower() == "false"  # unscheduled, not paused
     errors = airflow_env.airflow("dags", "list-import-errors", "-o", "json", check=False).stdout
     assert "krenalis_pipelines.py" not in errors  # the pipelines' file stays healthy …
     assert "krenalis_spec_check.py" in errors and "adress.city" in errors  # … the check file reports it
@@ -110,7 +113,8 @@ def test_broken_spec_is_visible_and_hides_nothing(airflow_env: AirflowEnv, write
     failed = airflow_env.airflow("dags", "test", "broken_pipeline", check=False)
     assert failed.returncode != 0
     output = failed.stdout + failed.stderr
-    assert "broken.yaml:8: transformation.mapping.adress.city: unknown Stripe customer field" in output
+    expected = "broken_pipeline.yaml:8: transformation.mapping.adress.city: unknown Stripe customer field"
+    assert expected in output
 
 
 def test_postgres_source_and_ledger(airflow_env: AirflowEnv, stripe_client, write_spec) -> None:
@@ -132,7 +136,7 @@ def test_postgres_source_and_ledger(airflow_env: AirflowEnv, stripe_client, writ
             {"conn_type": "postgres", "host": "127.0.0.1", "schema": "test", "login": "postgres"}
         )
         write_spec(
-            "pg.yaml",
+            "pg_customers.yaml",
             f"""\
 id: pg_customers
 source: {{conn_id: pg_warehouse, table: {table}, key: id}}
@@ -182,3 +186,124 @@ def test_too_many_rejections_turn_the_run_red(airflow_env: AirflowEnv, stripe_cl
     assert outcome.startswith("failed: ") and created > 0  # what was valid was still synced
     summary = json.loads(next(airflow_env.storage.glob("sample_customers/*/summary.json")).read_text())
     assert len(keys) == summary["rejected_total"] > 0
+
+
+# --------------------------------------------------------------------------------------------
+# What turns a run red: only problems (rejected, failed) count against export.max_rejected; the
+# spec's own rules at work (keep_first, update_only, create_only) are skipped, counted by reason.
+
+SMALL_SPEC = """\
+id: {id}
+source: {{conn_id: warehouse, table: people, key: profile_id}}
+export:
+{export}
+transformation:
+  mapping:
+    name: name
+"""
+
+
+def small_warehouse(path: Path, rows: list[tuple[str, str | None, str | None, str]]) -> None:
+    """``people``: (profile_id, email, stripe_id, updated_at), the name derived from the key."""
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE people (profile_id TEXT PRIMARY KEY, email TEXT, stripe_id TEXT, name TEXT,"
+            " updated_at TEXT)"
+        )
+        db.executemany(
+            "INSERT INTO people VALUES (?, ?, ?, 'Person ' || ?, ?)",
+            [(key, email, stripe_id, key, updated) for key, email, stripe_id, updated in rows],
+        )
+
+
+def recorded_run(warehouse: Path) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+    """The only krenalis_runs row (outcome, rejected_total, skipped_total, summary's skipped), and
+    every krenalis_rejections row (profile_key, step, kind)."""
+    with sqlite3.connect(warehouse) as db:
+        [(outcome, rejected, skipped, summary)] = db.execute(
+            "SELECT outcome, rejected_total, skipped_total, summary FROM krenalis_runs"
+        ).fetchall()
+        rejections = db.execute("SELECT profile_key, step, kind FROM krenalis_rejections").fetchall()
+    return (outcome, rejected, skipped, json.loads(summary)["skipped"]), sorted(rejections)
+
+
+def test_keep_first_drops_are_skipped_and_the_run_succeeds(
+    airflow_env: AirflowEnv, stripe_client, write_spec
+) -> None:
+    # Two profiles, one email: the default max_rejected (10% of 2) tolerates no rejection at all.
+    small_warehouse(
+        airflow_env.warehouse,
+        [("p1", "ada@example.com", None, "2026-01-01"), ("p2", " ADA@example.com", None, "2026-02-01")],
+    )
+    export = "  matching: {property: email, stripe: email}\n  duplicate_profiles: keep_first\n"
+    write_spec(
+        "keep_first_people.yaml",
+        SMALL_SPEC.format(id="keep_first_people", export=export + "  order_by: updated_at desc"),
+    )
+    summary = airflow_env.run_dag("keep_first_people")
+    assert summary["created"] == 1  # the run succeeded: run_dag checks
+    assert (summary["rejected"], summary["rejected_total"], summary["duplicates"]) == ({}, 0, 1)
+    assert summary["skipped"] == {KEPT_FIRST: 1} and summary["skipped_total"] == 1
+    assert summary["samples"]["skipped"] == ["p1: email 'ada@example.com' is also on profile p2, kept first"]
+    assert KEPT_FIRST in airflow_env.last_output  # the log report
+    [customer] = stripe_client.v1.customers.list(params={"limit": 10}).data
+    assert (customer.email, customer.name) == ("ADA@example.com", "Person p2")
+    assert recorded_run(airflow_env.warehouse) == (("success", 0, 1, {KEPT_FIRST: 1}), [])
+
+
+def test_update_only_by_id_skips_profiles_without_a_customer_and_the_run_succeeds(
+    airflow_env: AirflowEnv, stripe_client, write_spec
+) -> None:
+    ids = [stripe_client.v1.customers.create(params={"name": f"old {i}"}).id for i in range(2)]
+    small_warehouse(
+        airflow_env.warehouse,
+        [
+            ("p1", None, ids[0], ""),
+            ("p2", None, None, ""),  # not in Stripe yet: nothing to update
+            ("p3", None, ids[1], ""),
+            ("p4", None, " ", ""),
+            ("p5", None, "cus_gone", ""),  # no such customer
+        ],
+    )
+    export = "  mode: update_only\n  matching: {property: stripe_id, stripe: id}"
+    write_spec("update_by_id.yaml", SMALL_SPEC.format(id="update_by_id", export=export))
+    summary = airflow_env.run_dag("update_by_id")
+    skipped = {NO_MATCH: 2, "no Stripe customer has this id": 1}
+    # run_dag checks that the run succeeded: 3 of 5 left alone, far above max_rejected (10%)
+    assert (summary["created"], summary["updated"], summary["rejected_total"]) == (0, 2, 0)
+    assert summary["skipped"] == skipped and summary["skipped_total"] == 3
+    names = {c.id: c.name for c in stripe_client.v1.customers.list(params={"limit": 10}).data}
+    assert names == {ids[0]: "Person p1", ids[1]: "Person p3"}
+    assert recorded_run(airflow_env.warehouse) == (("success", 0, 3, skipped), [])
+
+
+def test_real_rejections_above_max_rejected_still_fail_the_run(
+    airflow_env: AirflowEnv, stripe_client, write_spec
+) -> None:
+    small_warehouse(
+        airflow_env.warehouse,
+        [
+            ("p1", "a@example.com", None, "2026-01-01"),
+            ("p2", "a@example.com", None, "2026-02-01"),  # kept first: p1 is skipped, not rejected
+            ("p3", None, None, "2026-01-01"),  # empty matching value, and this mode creates: rejected
+            ("p4", "", None, "2026-01-01"),
+            ("p5", "e@example.com", None, "2026-01-01"),
+        ],
+    )
+    export = "  matching: {property: email, stripe: email}\n  duplicate_profiles: keep_first\n"
+    write_spec(
+        "mixed_people.yaml",
+        SMALL_SPEC.format(id="mixed_people", export=export + "  order_by: updated_at desc"),
+    )
+    failed = airflow_env.airflow("dags", "test", "mixed_people", check=False)
+    assert failed.returncode != 0
+    message = (
+        "failed: 2 rejected + 0 failed profiles exceed export.max_rejected (0 for 5 extracted); "
+        "skipped profiles (1) do not count"
+    )
+    assert message in failed.stdout + failed.stderr
+    assert recorded_run(airflow_env.warehouse) == (
+        (message, 2, 1, {KEPT_FIRST: 1}),
+        [("p3", "transform", "empty matching value"), ("p4", "transform", "empty matching value")],
+    )
+    assert len(stripe_client.v1.customers.list(params={"limit": 10}).data) == 2  # what was valid was synced

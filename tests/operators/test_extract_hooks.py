@@ -9,6 +9,7 @@ here), psycopg2 otherwise.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from airflow.providers.common.sql.hooks.sql import DbApiHook
 from krenalis_airflow.core.conditions import Group
 from krenalis_airflow.core.extract import iter_rows, prepare_extraction
 from krenalis_airflow.core.spec import Source
+from krenalis_airflow.exceptions import SpecError
 
 PG_DSN = "host=127.0.0.1 dbname=test user=postgres"
 ROWS = [
@@ -124,3 +126,81 @@ def test_postgres_hook(postgres_conn: tuple[str, str]) -> None:
         {"id": 3, "email": "c@x.com", "plan": None, "orders": 7, "ltv": None, "vip": None},
         {"id": 1, "email": "a@x.com", "plan": "free", "orders": 5, "ltv": 100.5, "vip": True},
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# The extract step checks every column the spec names before it reads a row
+
+BAD_SPEC = """\
+source:
+  conn_id: {conn_id}
+  table: {table}
+  key: id
+filter:
+  logical: and
+  conditions:
+    - {{property: ltv, operator: is greater than, values: ["lots"]}}
+export:
+  matching:
+    property: vip
+    stripe: email
+transformation:
+  mapping:
+    name: emial
+"""
+
+
+def extract_step(tmp_path: Path, conn_id: str, table: str) -> tuple[SpecError, Path]:
+    from airflow.sdk import ObjectStoragePath
+
+    from krenalis_airflow.core.spec import load_spec
+    from krenalis_airflow.operators import steps
+
+    spec_file = tmp_path / "bad_columns.yaml"
+    spec_file.write_text(BAD_SPEC.format(conn_id=conn_id, table=table), encoding="utf-8")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    run = steps.StepRun(
+        spec=load_spec(spec_file),
+        spec_file=str(spec_file),
+        folder=ObjectStoragePath(f"file://{folder}"),
+        upstream={},
+        dry_run=False,
+        full_resync=False,
+        log=logging.getLogger("test_extract_hooks"),
+    )
+    with pytest.raises(SpecError) as raised:
+        steps.extract(run)
+    assert list(folder.iterdir()) == []  # not a row read, not a file written
+    return raised.value, spec_file
+
+
+def expected_problems(spec_file: Path, vip_kind: str) -> list[str]:
+    return [
+        f"{spec_file}:8: filter.conditions[0].values[0]: 'lots' is not a number (column ltv is numeric)",
+        f"{spec_file}:11: export.matching.property: column vip is {vip_kind}; the matching property must "
+        "be a text, integer or UUID column",
+        f"{spec_file}:15: transformation.mapping.name: no column 'emial' in the source; did you mean 'email'?",
+    ]
+
+
+def check_problems(error: SpecError, expected: list[str]) -> None:
+    rendered = [problem.render(error.source) for problem in error.problems]
+    assert len(rendered) == len(expected)
+    for line, start in zip(rendered, expected, strict=True):
+        assert line.startswith(start), line
+
+
+def test_sqlite_extract_step_fails_before_reading_a_row(sqlite_conn: str, tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "warehouse.db") as conn:  # SQLite keeps declared types: vip BOOLEAN
+        conn.execute("CREATE TABLE typed (id INTEGER, email TEXT, ltv REAL, vip BOOLEAN)")
+    error, spec_file = extract_step(tmp_path, sqlite_conn, "typed")
+    check_problems(error, expected_problems(spec_file, "boolean"))
+
+
+def test_postgres_extract_step_fails_before_reading_a_row(
+    postgres_conn: tuple[str, str], tmp_path: Path
+) -> None:
+    conn_id, schema = postgres_conn
+    error, spec_file = extract_step(tmp_path, conn_id, f"{schema}.profiles")
+    check_problems(error, expected_problems(spec_file, "boolean"))

@@ -16,6 +16,7 @@ import pytest
 from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 
+from krenalis_airflow.core.dedupe import KEPT_FIRST
 from krenalis_airflow.core.sample_data import write_sqlite_warehouse
 from krenalis_airflow.core.spec import load_spec
 from krenalis_airflow.operators import steps
@@ -282,3 +283,41 @@ def test_a_nested_output_syncs_exactly_as_its_dotted_form(
     run, _ = run_steps(spec_with(language, "nested"))
     rerun = steps.upsert(run)
     assert (rerun["created"], rerun["updated"], rerun["api_calls"]) == (0, 0, {})
+
+
+# --------------------------------------------------------------------------------------------
+# What turns a run red: rejections (problems) count against export.max_rejected, skips (the
+# spec's own rules at work) are counted by reason and never do.
+
+
+def test_keep_first_duplicates_are_skipped_with_their_reason_not_rejected(run_steps, tmp_path: Path) -> None:
+    run_steps()  # builds the warehouse; now every profile gets a copy, older, with its email in capitals
+    with sqlite3.connect(tmp_path / "warehouse.sqlite") as db:
+        db.execute("CREATE TEMP TABLE copies AS SELECT * FROM customer_profiles")
+        db.execute(
+            "UPDATE copies SET profile_id = profile_id || '-copy', email = upper(email), updated_at = NULL"
+        )
+        db.execute("INSERT INTO customer_profiles SELECT * FROM copies")
+    run, upstream = run_steps()  # the sample spec: duplicate_profiles: keep_first, newest first
+    assert upstream["duplicates"] == upstream["transformed"] // 2 > 0
+    assert upstream["skipped"] == {KEPT_FIRST: upstream["duplicates"]}
+    assert "duplicate profile" not in upstream["rejected"]
+    assert Path(run.file("rejected-dedupe.jsonl").path).read_text() == ""
+    summary = steps.upsert(run)  # half the profiles skipped, far above max_rejected (10%): still a success
+    assert summary["outcome"] == "success" and summary["created"] == upstream["duplicates"]
+    assert summary["skipped"][KEPT_FIRST] == upstream["duplicates"]
+    assert summary["skipped_total"] == sum(summary["skipped"].values())
+    assert summary["rejected_total"] == sum(upstream["rejected"].values())
+    assert any("kept first" in sample for sample in summary["samples"]["skipped"])
+    written = json.loads(Path(run.file("summary.json").path).read_text())
+    assert written["skipped"] == summary["skipped"]
+
+
+def test_the_outcome_counts_rejected_and_failed_never_skipped() -> None:
+    summary = {"rejected_total": 2, "failed": 1, "skipped_total": 40, "extracted": 50}
+    assert steps._outcome(3, summary) == "success"
+    assert steps._outcome(2, summary) == (
+        "failed: 2 rejected + 1 failed profiles exceed export.max_rejected (2 for 50 extracted); "
+        "skipped profiles (40) do not count"
+    )
+    assert steps._outcome(0, {**summary, "rejected_total": 0, "failed": 0}) == "success"

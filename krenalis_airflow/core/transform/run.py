@@ -1,16 +1,16 @@
-"""The transform step: profile → Record (or Rejection), whatever the transformation language.
+"""The transform step: profile → Record (or Rejection, or Skip), whatever the transformation language.
 
 This is where the export's matching rules are applied: the matching value is read and
-normalised here, and a profile without one is rejected, never created blank.
+normalised here. A profile without one is rejected when the export creates customers (it is
+never created blank), and skipped under ``update_only``, which leaves such profiles alone.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, TYPE_CHECKING, Any
 
-from krenalis_airflow.core.records import JsonlWriter, Record, Rejection, read_jsonl
+from krenalis_airflow.core.records import JsonlWriter, LeftOut, Record, Rejection, Skip, read_jsonl
 from krenalis_airflow.core.transform.base import Transformer
 from krenalis_airflow.core.transform.validate import checked_payload, stripe_text
 from krenalis_airflow.exceptions import TransformError
@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # spec imports the mapping module, which imports validate
 
 STEP = "transform"
 BATCH_SIZE = 1000
+NO_MATCH = "no matching value; update_only never creates"  # the skip reason
 
 
 def normalise_match(stripe_field: str, value: Any) -> str:
@@ -38,9 +39,11 @@ def transform_profiles(
     transformer: Transformer,
     *,
     batch_size: int = BATCH_SIZE,
-) -> Iterator[Record | Rejection]:
-    """Records and rejections, in input order, transforming ``batch_size`` profiles per call."""
+) -> Iterator[Record | Rejection | Skip]:
+    """Records, rejections and skips, in input order, transforming ``batch_size`` profiles per call."""
     matching = spec.export.matching
+    empty = f"'{matching.property}' is empty; nothing to match on"
+    creates = spec.export.mode != "update_only"
     batch: list[Mapping[str, Any]] = []
     for profile in profiles:
         raw = profile.get(matching.property)
@@ -48,9 +51,10 @@ def transform_profiles(
             yield from _finish(batch, spec, transformer)
             batch = []
             key = stripe_text(profile.get(spec.source.key))
-            yield Rejection(
-                key, STEP, "empty matching value", f"'{matching.property}' is empty; nothing to match on"
-            )
+            if creates:
+                yield Rejection(key, STEP, "empty matching value", empty)
+            else:  # nothing to update, and update_only leaves the others alone
+                yield Skip(key, STEP, NO_MATCH, f"'{matching.property}' is empty; nothing to update")
             continue
         batch.append(profile)
         if len(batch) >= batch_size:
@@ -61,17 +65,20 @@ def transform_profiles(
 
 def transform_file(
     profiles: IO[str], records: IO[str], rejections: IO[str], spec: PipelineSpec, transformer: Transformer
-) -> tuple[int, Counter[str]]:
-    """The transform step over JSONL files: the records written, and the rejections by kind."""
-    rejected: Counter[str] = Counter()
+) -> tuple[int, LeftOut]:
+    """The transform step over JSONL files: the records written, and what was left out (the
+    rejections are written to ``rejections``; skips are only counted)."""
+    left = LeftOut()
     with JsonlWriter(records) as ok, JsonlWriter(rejections) as bad:
         for item in transform_profiles(read_jsonl(profiles), spec, transformer):
-            if isinstance(item, Rejection):
-                rejected[item.kind] += 1
+            if isinstance(item, Record):  # the common case first
+                ok.write(item)
+            elif isinstance(item, Rejection):
+                left.rejected[item.kind] += 1
                 bad.write(item)
             else:
-                ok.write(item)
-    return ok.count, rejected
+                left.skip(item)
+    return ok.count, left
 
 
 def _finish(
