@@ -46,7 +46,7 @@ from krenalis_airflow.core.sample_data import generate_profiles
 from krenalis_airflow.core.stripe_api import StripeCustomers
 from krenalis_airflow.core.sync import Syncer, SyncOptions, SyncResult
 from krenalis_airflow.core.transform.build import build_transformer
-from krenalis_airflow.core.transform.run import transform_profiles
+from krenalis_airflow.core.transform.run import TransformSettings, transform_profiles
 from tests.support.fault_proxy import FaultConfig, FaultProxy, Latency, endpoint_of
 from tests.support.localstripe_process import STRIPE_TEST_KEY, LocalStripe
 
@@ -171,7 +171,11 @@ def make_records(count: int) -> list[Record]:
     wanted = count + count // 10 + 50
     while True:
         profiles = [p._asdict() for p in generate_profiles(wanted)]
-        transformed = [r for r in transform_profiles(profiles, spec, transformer) if isinstance(r, Record)]
+        transformed = [
+            r
+            for r in transform_profiles(profiles, transformer, TransformSettings.of(spec))
+            if isinstance(r, Record)
+        ]
         kept = [
             r
             for r in dedupe(functools.partial(iter, transformed), "keep_first", spec.export.matching.stripe)

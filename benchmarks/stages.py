@@ -54,7 +54,7 @@ from krenalis_airflow.core.sample_data import TABLE, generate_profiles, write_sq
 from krenalis_airflow.core.spec import PipelineSpec, Transformation, load_spec
 from krenalis_airflow.core.sync import Syncer, SyncOptions
 from krenalis_airflow.core.transform.build import build_transformer
-from krenalis_airflow.core.transform.run import transform_file
+from krenalis_airflow.core.transform.run import TransformSettings, transform_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_SPEC = ROOT / "dags" / "pipelines" / "sample_customers.yaml"
@@ -120,7 +120,7 @@ def stage_transform(args: dict[str, Any]) -> dict[str, Any]:
             open(args["output"], "w") as ok,
             open(args["rejections"], "w") as bad,
         ):
-            transformed, left = transform_file(src, ok, bad, spec, transformer)
+            transformed, left = transform_file(src, ok, bad, transformer, TransformSettings.of(spec))
         worker = getattr(transformer, "worker_pid", None)  # the JavaScript worker, while it still runs
         if worker is not None:
             worker_peak = peak_rss(worker)

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from krenalis_airflow.core.sample_data import generate_profiles
-from krenalis_airflow.core.spec import PipelineSpec, load_spec
+from krenalis_airflow.core.spec import load_spec
 from krenalis_airflow.core.transform.base import Transformer
 from krenalis_airflow.core.transform.mapping import MappingTransform
 from krenalis_airflow.core.transform.python import PythonTransformer
-from krenalis_airflow.core.transform.run import transform_profiles
+from krenalis_airflow.core.transform.run import TransformSettings, transform_profiles
 
 SAMPLE = Path(__file__).resolve().parents[1] / "dags" / "pipelines" / "sample_customers.yaml"
 PYTHON = """
@@ -61,7 +61,10 @@ def main() -> None:
     print(f"{len(profiles):,} profiles in batches of {args.batch_size:,}")
     for name, transformer in transformers.items():
         alone = _rate(lambda t=transformer: _transform_all(t, batches), len(profiles))
-        step = _rate(lambda t=transformer: _step(t, profiles, spec, args.batch_size), len(profiles))
+        step = _rate(
+            lambda t=transformer: _step(t, profiles, TransformSettings.of(spec), args.batch_size),
+            len(profiles),
+        )
         verdict = "met" if alone >= TARGETS[name] else "NOT met"
         print(
             f"{name:<8} transformer {alone:>10,.0f} records/s   transform step {step:>9,.0f} records/s"
@@ -74,8 +77,10 @@ def _transform_all(transformer: Transformer, batches: Sequence[list[dict[str, An
         transformer.transform_batch(batch)
 
 
-def _step(transformer: Transformer, profiles: list[Mapping[str, Any]], spec: PipelineSpec, size: int) -> None:
-    for _ in transform_profiles(profiles, spec, transformer, batch_size=size):
+def _step(
+    transformer: Transformer, profiles: list[Mapping[str, Any]], settings: TransformSettings, size: int
+) -> None:
+    for _ in transform_profiles(profiles, transformer, settings, batch_size=size):
         pass
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from krenalis_airflow.core.spec import LoadedSpec, discover, load_spec, spec_schema, unique_ids
-from krenalis_airflow.exceptions import KrenalisError, SpecError
+from krenalis_airflow.exceptions import CommandError, InitError, KrenalisError, SpecError
 
 Result = LoadedSpec | SpecError
 
@@ -156,7 +156,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _connected(loaded: LoadedSpec) -> Result:
     """``validate --connect``: the spec checked against its source (a problem per line)."""
-    from krenalis_airflow.local_run import CommandError, check_columns
+    from krenalis_airflow.local_run import check_columns
 
     try:
         check_columns(loaded.path, loaded.spec)
@@ -281,7 +281,7 @@ def _sample_warehouse(args: argparse.Namespace) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from krenalis_airflow.dag_files import SAMPLE_SPEC, InitError, init_dags_folder
+    from krenalis_airflow.dag_files import SAMPLE_SPEC, init_dags_folder
 
     try:
         report = init_dags_folder(args.folder, force=args.force)

@@ -23,7 +23,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from krenalis_airflow.core.plan import BrokenPlan, PipelinePlan, plan_broken, plan_pipeline
 from krenalis_airflow.core.spec import LoadedSpec, discover
-from krenalis_airflow.exceptions import KrenalisError, SpecError, SpecProblem
+from krenalis_airflow.exceptions import BrokenPipelineSpecs, SpecError, SpecProblem
 from krenalis_airflow.operators.profile_export import ProfileExportOperator
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,6 @@ def pipeline_dags(dag_file: str | Path) -> dict[str, DAG]:
 def check_pipeline_specs(dag_file: str | Path) -> None:
     """What the DAG file ``krenalis_spec_check.py`` runs: ``check_specs`` on its pipelines folder."""
     check_specs(_dag_file_pipelines(dag_file))
-
-
-class BrokenPipelineSpecs(KrenalisError):
-    """Raised by the DAG file ``krenalis_spec_check.py`` so Airflow lists broken specs as an import error."""
 
 
 def check_specs(folder: str | Path) -> None:
@@ -138,6 +134,9 @@ def render(plan: PipelinePlan) -> DAG:
 
 def _fail(message: str) -> Any:
     def report_spec_error() -> None:
+        # The placeholder's only task reports a spec error that was already rendered (at parse
+        # time) into text; it raises Airflow's outcome itself rather than going through
+        # ``operators.errors.airflow_outcome``, which maps the package's exceptions raised by steps.
         raise AirflowFailException(message)
 
     return report_spec_error

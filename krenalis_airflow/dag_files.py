@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
+from krenalis_airflow.exceptions import InitError
+
 PIPELINES_FILE = "krenalis_pipelines.py"
 SPEC_CHECK_FILE = "krenalis_spec_check.py"
 PIPELINES_FOLDER = "pipelines"
@@ -56,10 +58,6 @@ _ENABLED = "\nenabled: true\n"
 _DISABLED = "\nenabled: false  # written by `krenalis-airflow init`: true once the connections exist\n"
 
 
-class InitError(Exception):
-    """An expected failure of ``init``; the message says what to do, and nothing was written."""
-
-
 @dataclass
 class InitReport:
     """What ``init_dags_folder`` did, path by path."""
@@ -89,7 +87,7 @@ def written_sample_spec() -> str:
     return text.replace(_ENABLED, _DISABLED, 1)
 
 
-def init_dags_folder(folder: str | Path, *, force: bool = False) -> InitReport:
+def init_dags_folder(folder: str | Path, *, force: bool = False) -> InitReport:  # noqa: C901 - checks every path before writing any; split, the all-or-nothing rule gets lost
     """Write the DAG files into ``folder``, and ``pipelines/`` with the sample spec if absent.
 
     Checks everything before writing anything: an existing DAG file that differs from ours raises

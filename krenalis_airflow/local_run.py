@@ -23,12 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseHook, ObjectStoragePath
-from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
+from airflow.sdk.exceptions import AirflowNotFoundException
 
 from krenalis_airflow.core.columns import check_source, line_of, spec_lines
 from krenalis_airflow.core.records import read_jsonl
 from krenalis_airflow.core.spec import PipelineSpec, load_spec
-from krenalis_airflow.exceptions import KrenalisError, RetryableSyncError, SpecProblem, TerminalSyncError
+from krenalis_airflow.exceptions import (
+    CommandError,
+    ConnectionUnusable,
+    RetryableSyncError,
+    RunFailed,
+    SpecProblem,
+)
 from krenalis_airflow.operators import steps
 
 log = logging.getLogger("krenalis_airflow.local_run")
@@ -44,13 +50,10 @@ STRIPE_EXAMPLE = '\'{"conn_type": "stripe", "password": "sk_test_…"}\''
 SOURCE_HINT = " and that source.table or source.query exists there"
 
 
-class CommandError(KrenalisError):
-    """An expected failure of a local command, said in one line: where, what, and the fix."""
-
-    def __init__(self, spec_file: str | Path, path: str, message: str) -> None:
-        self.source = str(spec_file)
-        self.problem = SpecProblem(path, message, line_of(path, spec_lines(spec_file)) if path else None)
-        super().__init__(self.problem.render(self.source))
+def command_error(spec_file: str | Path, path: str, message: str) -> CommandError:
+    """A ``CommandError`` at ``path``'s line of ``spec_file``: where, what, and the fix."""
+    line = line_of(path, spec_lines(spec_file)) if path else None
+    return CommandError(str(spec_file), SpecProblem(path, message, line))
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,8 +69,8 @@ def check_columns(spec_file: Path, spec: PipelineSpec) -> None:
     _require_connection(spec_file, path, conn_id, SQL_EXAMPLE)
     try:
         hook = steps.sql_hook(conn_id)
-    except TerminalSyncError as exc:  # not a SQL connection
-        raise CommandError(spec_file, path, str(exc)) from None
+    except ConnectionUnusable as exc:  # not a SQL connection
+        raise command_error(spec_file, path, str(exc)) from None
     with _database_errors(spec_file, path, conn_id, SOURCE_HINT):
         conn = hook.get_conn()
         try:
@@ -121,7 +124,7 @@ def plan_failure(spec_file: Path, summary: dict[str, Any]) -> CommandError | Non
         f"a sync would fail: {reason}; fix the rejected profiles' data (samples above) "
         "or raise export.max_rejected"
     )
-    return CommandError(spec_file, "export.max_rejected", message)
+    return command_error(spec_file, "export.max_rejected", message)
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,7 +163,7 @@ def _upsert(run: steps.StepRun) -> dict[str, Any]:
     try:
         with _database_errors(run.spec_file, path, spec.state_conn_id):
             return steps.upsert(run)
-    except (AirflowFailException, RetryableSyncError) as exc:
+    except (RunFailed, RetryableSyncError) as exc:
         written = run.file("summary.json")
         if isinstance(exc, RetryableSyncError) and not written.exists():
             raise _unreachable(run, exc) from None
@@ -202,7 +205,7 @@ def _require_connection(spec_file: str | Path, path: str, conn_id: str, example:
             f"Airflow has no connection {conn_id!r}; define it (airflow connections add {conn_id} …), "
             f"or for this shell: export {env}={example}"
         )
-        raise CommandError(spec_file, path, message) from None
+        raise command_error(spec_file, path, message) from None
 
 
 def _unreachable(run: steps.StepRun, exc: RetryableSyncError) -> CommandError:
@@ -211,7 +214,7 @@ def _unreachable(run: steps.StepRun, exc: RetryableSyncError) -> CommandError:
         f"Stripe failed through connection {conn_id!r} (network, rate limit or a Stripe outage): "
         f"{' '.join(str(exc).split())}; check the connection's host, then run the plan again"
     )
-    return CommandError(run.spec_file, "destination.conn_id", message)
+    return command_error(run.spec_file, "destination.conn_id", message)
 
 
 @contextmanager
@@ -228,4 +231,4 @@ def _database_errors(spec_file: str | Path, path: str, conn_id: str, hint: str =
             f"cannot read through connection {conn_id!r}: {type(exc).__name__}: {reason}; check that the "
             f"connection reaches the right database (host, port, login, database or file){hint}"
         )
-        raise CommandError(spec_file, path, message) from None
+        raise command_error(spec_file, path, message) from None

@@ -386,7 +386,7 @@ def test_written_dag_files_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     """What Airflow sees in the folder init wrote: the sample's DAG (paused), then a broken spec."""
     import runpy
 
-    from krenalis_airflow.dag_factory import BrokenPipelineSpecs
+    from krenalis_airflow.exceptions import BrokenPipelineSpecs
 
     monkeypatch.delenv("KRENALIS_PIPELINES_DIR", raising=False)
     assert main(["init", str(tmp_path)]) == 0

@@ -151,7 +151,8 @@ def test_the_dag_file_uses_the_pipelines_dir_variable(
 
 
 def test_check_specs_raises_for_broken_specs_only(tmp_path: Path) -> None:
-    from krenalis_airflow.dag_factory import BrokenPipelineSpecs, check_specs
+    from krenalis_airflow.dag_factory import check_specs
+    from krenalis_airflow.exceptions import BrokenPipelineSpecs
 
     spec(tmp_path, "good.yaml", MINIMAL.format(id="good", enabled="true", schedule="1h"))
     check_specs(tmp_path)  # nothing to report

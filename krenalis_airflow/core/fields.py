@@ -31,7 +31,6 @@ SCALAR_FIELDS = frozenset(
 METADATA_PREFIX = "metadata."
 LOCALES = "preferred_locales"
 METADATA_KEY = re.compile(r"^[^\[\]]{1,40}$")
-MATCHABLE = ("email", "id", "metadata.<key>")
 
 
 def field_problem(path: str) -> str | None:
@@ -45,15 +44,6 @@ def field_problem(path: str) -> str | None:
         return "a metadata key has 1 to 40 characters and no '[' or ']'"
     allowed = ", ".join(sorted(SCALAR_FIELDS)) + ", metadata.<key>"
     return f"unknown Stripe customer field {path!r}; allowed: {allowed}"
-
-
-def matching_problem(stripe_field: str) -> str | None:
-    """Return why ``stripe_field`` cannot be used for matching, or None."""
-    if stripe_field in ("email", "id"):
-        return None
-    if stripe_field.startswith(METADATA_PREFIX) and field_problem(stripe_field) is None:
-        return None
-    return f"cannot match on {stripe_field!r}; allowed: email, id, metadata.<key>"
 
 
 def unit_of(path: str) -> str:

@@ -88,7 +88,7 @@ from krenalis_airflow.core.conditions import (
     parse_number,
     parse_value,
 )
-from krenalis_airflow.exceptions import SpecError, SpecProblem
+from krenalis_airflow.exceptions import FilterProblem, SpecError, SpecProblem
 
 PLACEHOLDERS: dict[str, Literal["qmark", "format"]] = {"?": "qmark", "%s": "format"}
 SQLITE, POSTGRESQL = "sqlite", "postgresql"
@@ -229,15 +229,6 @@ def _closest(name: str, columns: Sequence[str]) -> str | None:
 # Building the expression
 
 
-class _Problem(Exception):
-    """One condition's problem: ``key`` is appended to the condition's key path."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-        self.message = message
-
-
 @dataclass(frozen=True)
 class _Test:
     """A positive test, and what may be NULL in it (its negation must keep those rows)."""
@@ -273,7 +264,7 @@ class _Builder:
             subject = self.subject(condition)
             positive = NEGATIONS.get(condition.operator, condition.operator)
             test = _test(subject, positive, condition.values)
-        except _Problem as problem:
+        except FilterProblem as problem:
             self.problems.append(SpecProblem(path + problem.key, problem.message))
             return sa.false()
         return test.negated() if condition.operator in NEGATIONS else test.expr
@@ -290,14 +281,14 @@ class _Builder:
     def _json(self, condition: Condition, column: Expr, kind: Kind) -> _Subject:
         if self.dialect not in (SQLITE, POSTGRESQL):
             message = f"JSON paths ({condition.property}) work on SQLite and PostgreSQL sources only"
-            raise _Problem(".property", message)
+            raise FilterProblem(".property", message)
         if kind not in _JSON_COLUMNS[self.dialect]:
             where = "json or jsonb" if self.dialect == POSTGRESQL else "text holding JSON"
             message = (
                 f"{condition.property} reads into column {condition.column}, which is {kind}; "
                 f"a JSON path needs a column of {where}"
             )
-            raise _Problem(".property", message)
+            raise FilterProblem(".property", message)
         subject = _Json(self.dialect, Kind.JSON, condition.property, column, condition.keys)
         _check_operator(subject, condition.operator)
         return subject
@@ -362,7 +353,7 @@ def _check_operator(subject: _Subject, operator_name: str) -> None:
             f"operator {operator_name!r} does not apply to {subject.label}, which is {subject.kind}; "
             f"it applies to {', '.join(kinds)} values"
         )
-    raise _Problem(".operator", message)
+    raise FilterProblem(".operator", message)
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,7 +374,7 @@ class _Subject:
         try:
             value = parse_value(kind, text)
         except ValueError as exc:
-            raise _Problem(f".values[{index}]", f"{exc} ({self._described(kind)})") from None
+            raise FilterProblem(f".values[{index}]", f"{exc} ({self._described(kind)})") from None
         return self.bind(value)
 
     def bind(self, value: Any) -> Expr:
@@ -401,7 +392,7 @@ class _Subject:
     def no_nul(self, text: str, index: int) -> str:
         if self.cannot_hold(text):
             message = "PostgreSQL text cannot hold NUL (\\x00), so this value cannot be compared; remove it"
-            raise _Problem(f".values[{index}]", message)
+            raise FilterProblem(f".values[{index}]", message)
         return text
 
     # Tests, overridden -------------------------------------------------------------------

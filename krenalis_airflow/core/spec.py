@@ -29,11 +29,12 @@ from pydantic import (
 )
 
 from krenalis_airflow.core.conditions import OPERATORS, Group
-from krenalis_airflow.core.fields import SCALAR_FIELDS, matching_problem
-from krenalis_airflow.core.model import KeyedError, Model
+from krenalis_airflow.core.fields import SCALAR_FIELDS
+from krenalis_airflow.core.matching import mapping_problem, matching_problem, mode_problem
+from krenalis_airflow.core.model import Model
 from krenalis_airflow.core.transform.mapping import mapping_static_problems
 from krenalis_airflow.core.transform.python import source_problems as python_problems
-from krenalis_airflow.exceptions import SpecError, SpecProblem
+from krenalis_airflow.exceptions import KeyedError, SpecError, SpecProblem
 
 PIPELINE_ID = r"^[a-z][a-z0-9_]*$"
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -132,11 +133,8 @@ class Export(Model):
 
     @model_validator(mode="after")
     def _id_needs_update_only(self) -> Export:
-        if self.matching.stripe == "id" and self.mode != "update_only":
-            raise KeyedError(
-                ("matching", "stripe"),
-                "matching on Stripe 'id' only works with mode: update_only (ids cannot be created)",
-            )
+        if problem := mode_problem(self.matching.stripe, self.mode):
+            raise KeyedError(("matching", "stripe"), problem)
         return self
 
     @property
@@ -281,14 +279,9 @@ class PipelineSpec(Model):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> PipelineSpec:
-        matched = self.export.matching.stripe
-        mapping = self.transformation.mapping or {}
-        if matched != "id" and matched in mapping:
-            raise KeyedError(
-                ("transformation", "mapping", matched),
-                f"transformation.mapping writes {matched!r}, the matched Stripe field; it is set "
-                f"from '{self.export.matching.property}' automatically — remove it from the mapping",
-            )
+        matching = self.export.matching
+        if problem := mapping_problem(matching.stripe, self.transformation.mapping or {}, matching.property):
+            raise KeyedError(("transformation", "mapping", matching.stripe), problem)
         return self
 
     @property

@@ -3,6 +3,7 @@
 * ``RecordRejected`` — Stripe refused this one payload (400: invalid email, bad param): reject the
   profile with Stripe's message; resending the same payload cannot help.
 * ``TerminalSyncError`` — the key is wrong or lacks a permission (401/403): stop the whole run.
+  Its words (``key_rejected``, ``permission_missing``) are the hook's ``test_connection``'s too.
 * ``RetryableSyncError`` — 429 (rate limit, lock timeout), 409, 5xx and network errors, once the
   retries with backoff are spent (the SDK itself never retries a plain 429).
 """
@@ -21,7 +22,12 @@ from stripe import RequestOptions
 
 from krenalis_airflow.core.ratelimit import RateLimiter
 from krenalis_airflow.core.redact import redact, redact_stripe_logs
-from krenalis_airflow.exceptions import KrenalisError, RetryableSyncError, TerminalSyncError
+from krenalis_airflow.exceptions import (
+    CustomerMissing,
+    RecordRejected,
+    RetryableSyncError,
+    TerminalSyncError,
+)
 
 T = TypeVar("T")
 NO_SDK_RETRIES: RequestOptions = {"max_network_retries": 0}  # retries happen in StripeCustomers._call
@@ -39,14 +45,20 @@ LIST_FIELDS = (
 )  # every field a pipeline can write (fields.SCALAR_FIELDS' units and metadata): compared on lookup
 
 
-class RecordRejected(KrenalisError):
-    def __init__(self, message: str, param: str | None = None) -> None:
-        self.param = param
-        super().__init__(f"{message} (param: {param})" if param else message)
+KEY_FIX = "set the connection's password to a secret or restricted key with Customers: write"
 
 
-class CustomerMissing(RecordRejected):
-    """Stripe has no such customer (404): never created, or deleted."""
+def key_rejected(said: str, where: str = "Stripe") -> str:
+    """What a 401 means (the sync's error and the hook's ``test_connection`` say the same)."""
+    return f"{where} rejected the API key (401): it is invalid, revoked or mistyped; {KEY_FIX}. Stripe said: {said}"
+
+
+def permission_missing(said: str) -> str:
+    """What a 403 means: the key works but may not touch customers."""
+    return (
+        "the API key lacks a permission (403): give the restricted key Customers: read and "
+        f"Customers: write, or use a secret key. Stripe said: {said}"
+    )
 
 
 class StripeCustomers:
@@ -161,15 +173,9 @@ class StripeCustomers:
 def _classify(exc: stripe.StripeError) -> str:
     """The kind of a transient failure; raise at once for failures no retry can fix."""
     if isinstance(exc, stripe.AuthenticationError):
-        raise TerminalSyncError(
-            "Stripe rejected the API key (401): set the stripe connection's password to a valid "
-            f"secret key or a restricted key with Customers: write. Stripe said: {_message(exc)}"
-        ) from None
+        raise TerminalSyncError(key_rejected(_message(exc))) from None
     if isinstance(exc, stripe.PermissionError):
-        raise TerminalSyncError(
-            "the API key lacks a permission (403): give the restricted key Customers: write "
-            f"(it needs to read and write customers). Stripe said: {_message(exc)}"
-        ) from None
+        raise TerminalSyncError(permission_missing(_message(exc))) from None
     if isinstance(exc, stripe.APIConnectionError):
         return "network error"
     status = exc.http_status or 0

@@ -1,21 +1,30 @@
 """The upsert engine: decide per record what Stripe needs, write only that, record what Stripe confirmed.
 
-Per record, in order of cost:
+A run goes **decide → write → stage/checkpoint**:
 
-1. The ledger has this profile with the same matching value and the same payload hash →
-   *unchanged*, no API call (unless ``full_resync``). The same holds for a payload Stripe
-   rejected (reported again, not resent) and for one that failed in ``give_up_after`` runs.
-2. The ledger knows its customer(s) but the payload changed → *update* the units that changed.
-3. Otherwise look the matching value up in an index of every Stripe customer (built once, only
-   when some record needs it, with ``limit=100`` pages) → create, update, or nothing to do when
-   Stripe already holds the payload.
+1. *Decide* (``decide``, a pure function of the record, its ledger entry, the index of Stripe
+   customers and the options) returns a ``Decision``: ``Unchanged``, ``Skipped`` (with the
+   reason), ``Rejected`` (kind, reason), ``Remember`` (a ledger entry to stage, nothing to send)
+   or ``Write`` (a create, or an update of these units of these customers). Per record, in
+   order of cost:
 
-Writes run concurrently in a small thread pool; the ledger is written only from the calling
-thread and only for writes Stripe confirmed, checkpointed every ``checkpoint_every`` writes and
-whenever the run stops early. Creates carry an idempotency key derived from the pipeline,
-profile, payload and the customer the ledger last knew, so a create retried after a crash
-returns the customer already created, while a deliberate re-create (``full_resync`` after the
-customer was deleted) gets a fresh key.
+   a. The ledger has this profile with the same matching value and the same payload hash →
+      *unchanged*, no API call (unless ``full_resync``). The same holds for a payload Stripe
+      rejected (reported again, not resent) and for one that failed in ``give_up_after`` runs.
+   b. The ledger knows its customer(s) but the payload changed → *update* the units that changed.
+   c. Otherwise look the matching value up in an index of every Stripe customer (built once,
+      only when some record needs it, with ``limit=100`` pages) → create, update, or nothing to
+      do when Stripe already holds the payload.
+
+2. *Write*: the ``Syncer`` applies the decisions in order, counting their outcomes; writes run
+   concurrently in a small thread pool.
+3. *Stage and checkpoint*: the writer alone stages ledger entries, from the calling thread and
+   only for what Stripe confirmed (or refused, or what a decision remembers), and writes them to
+   the ledger every ``checkpoint_every`` entries and whenever the run stops early.
+
+Creates carry an idempotency key derived from the pipeline, profile, payload and the customer
+the ledger last knew, so a create retried after a crash returns the customer already created,
+while a deliberate re-create (``full_resync`` after the customer was deleted) gets a fresh key.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import hashlib
 import logging
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from itertools import islice
@@ -39,10 +48,14 @@ from krenalis_airflow.core.fields import (
     update_payload,
 )
 from krenalis_airflow.core.ledger import LedgerEntry, field_hashes, key_digest, payload_hash, state_digest
+from krenalis_airflow.core.matching import normalise_match
 from krenalis_airflow.core.records import Record, Rejection
-from krenalis_airflow.core.stripe_api import RecordRejected
-from krenalis_airflow.core.transform.run import normalise_match
-from krenalis_airflow.exceptions import RetryableSyncError, TerminalSyncError, UnsendablePayload
+from krenalis_airflow.exceptions import (
+    RecordRejected,
+    RetryableSyncError,
+    TerminalSyncError,
+    UnsendablePayload,
+)
 
 log = logging.getLogger(__name__)
 STEP = "upsert"
@@ -53,6 +66,8 @@ LEDGER_BATCH = 500  # records whose ledger entries are fetched in one query
 # is simply not found); past it, one listing of 100 customers a call is the cheaper bet. At
 # this size the lookups cost no more than listing an account of 10,000 customers.
 ID_LOOKUPS = 100
+
+Index = Mapping[str, Sequence[dict[str, Any]]]  # normalised matching value → Stripe customers
 
 
 class CustomerApi(Protocol):
@@ -100,8 +115,47 @@ class SyncResult:
             self.samples[outcome].append(text)
 
 
-@dataclass(frozen=True)
-class _Write:
+# -- deciding -------------------------------------------------------------------------------
+# What a record needs, as a value: ``decide`` reads nothing and changes nothing.
+
+
+@dataclass(frozen=True, slots=True)
+class Unchanged:
+    """Nothing to send and nothing to stage: the ledger records this payload as synced."""
+
+
+UNCHANGED = Unchanged()
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """Left alone by the spec's own rules (the mode): counted under ``reason``, not a problem."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A problem, reported as a rejection of ``kind`` and not sent."""
+
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Remember:
+    """Nothing to send, but ``entry`` to stage in the ledger: the customer found in Stripe under
+    ``create_only`` (then counted as skipped for ``skipped``), or an update whose every unit Stripe
+    already holds (``skipped`` None: counted unchanged)."""
+
+    entry: LedgerEntry
+    skipped: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """A create (no ``customer_ids``) or an update of ``units`` of each of ``customer_ids``."""
+
     record: Record
     entry: LedgerEntry  # what the ledger records once Stripe confirms (customer ids filled in then)
     customer_ids: tuple[str, ...] = ()  # empty → create
@@ -110,7 +164,86 @@ class _Write:
     previous: LedgerEntry | None = None  # the ledger's entry before this run
 
 
+Decision = Unchanged | Skipped | Rejected | Remember | Write
+
+
+def decide(  # noqa: C901 - one table of cases, read top to bottom (tests/core/test_sync_decide.py)
+    record: Record, previous: LedgerEntry | None, index: Index | None, options: SyncOptions
+) -> Decision:
+    """What ``record`` needs, given its ledger entry (``previous``, None if it has none), the
+    ``index`` of the Stripe customers found by matching value and the ``options``.
+
+    A pure function: no I/O, no mutation. ``index`` may be None only for a record the ledger
+    settles (see ``Syncer._needs_lookup``).
+    """
+    digest = payload_hash(record)
+    entry = previous if previous is not None and previous.match == record.match else None
+    if entry is not None and entry.payload_hash == digest and not options.full_resync:
+        if entry.status == "synced":
+            return UNCHANGED
+        if entry.status == "rejected":
+            kind = NOT_SENDABLE if entry.error.startswith(f"{NOT_SENDABLE}: ") else "rejected by Stripe"
+            return Rejected(kind, f"{entry.error} (payload unchanged since; not resent)")
+        if entry.attempts >= options.give_up_after:
+            return Rejected("given up", f"failed in {entry.attempts} runs in a row: {entry.error}")
+    done = LedgerEntry(record.match, (), digest, field_hashes(record.payload))
+    if entry is not None and entry.customer_ids and not options.full_resync:
+        if options.mode == "create_only":
+            return Skipped("exists; create_only never updates")
+        before, now = entry.fields(), done.fields()
+        units = frozenset(u for u in now if before.get(u) != now[u]) if before else None
+        return _update(record, replace(done, customer_ids=entry.customer_ids), (), units, previous)
+    assert index is not None, "the index is built whenever a record misses the ledger"
+    matches = index.get(record.match, ())
+    if not matches:
+        if options.mode == "update_only":
+            return Skipped(f"no Stripe customer has this {options.stripe_field}")
+        return Write(record, done, previous=previous)
+    if len(matches) > 1 and options.duplicate_customers == "reject":
+        listed = ", ".join(c["id"] for c in matches[:SAMPLES])
+        return Rejected(
+            "several Stripe customers",
+            f"{options.stripe_field} {record.match!r} matches {len(matches)} Stripe customers ({listed}); "
+            "set duplicate_customers: update_all to update them all",
+        )
+    ids = tuple(c["id"] for c in matches)
+    if options.mode == "create_only":
+        # Known to exist: remember the customer, but with no payload hash, so that a later
+        # switch to an updating mode still sends the payload.
+        return Remember(LedgerEntry(record.match, ids, ""), "already in Stripe; create_only never updates")
+    units = frozenset(
+        unit_of(path)
+        for path, value in record.payload.items()
+        if not all(holds(c, path, value) for c in matches)
+    )
+    return _update(record, replace(done, customer_ids=ids), tuple(matches), units, previous)
+
+
+def _update(
+    record: Record,
+    done: LedgerEntry,
+    customers: tuple[dict[str, Any], ...],
+    units: frozenset[str] | None,
+    previous: LedgerEntry | None,
+) -> Remember | Write:
+    """An update of the changed units, or only ``done`` to remember when no unit Stripe sees changed."""
+    if units is not None and not units:
+        return Remember(done)
+    return Write(record, done, done.customer_ids, customers, units, previous)
+
+
+# -- applying -------------------------------------------------------------------------------
+
+
 class Syncer:
+    """Syncs records to Stripe customers: one ``run`` per sync, its outcome in ``result``.
+
+    ``run`` streams the records that are not plainly unchanged past the ledger, asks ``decide``
+    what each needs, and hands the decisions to the writer (``_execute``), which alone sends
+    requests (in a thread pool), stages ledger entries (``_stage``) and checkpoints them. Outcomes
+    are counted in ``result`` as the decisions are applied and the writes complete.
+    """
+
     def __init__(self, api: CustomerApi, ledger: LedgerStore, options: SyncOptions) -> None:
         self.api = api
         self.ledger = ledger
@@ -143,12 +276,12 @@ class Syncer:
                 index = self._look_up(ids)
         elif next(misses, None) is not None:
             index = self._build_index()
-        writes = (
-            write
+        options = self.options
+        decisions = (
+            (record, decide(record, entry, index, options))
             for record, entry in self._pending_entries(records(), synced, count_unchanged=True)
-            if (write := self._decide(record, entry, index)) is not None
         )
-        self._execute(writes)
+        self._execute(decisions)
         self.result.api_calls.update(self.api.calls)
         return self.result
 
@@ -174,7 +307,7 @@ class Syncer:
                 yield record, entries.get(record.key)
 
     def _needs_lookup(self, record: Record, entry: LedgerEntry | None) -> bool:
-        """Whether ``_decide`` will need the index of Stripe customers for this record."""
+        """Whether ``decide`` will need the index of Stripe customers for this record."""
         if entry is None or entry.match != record.match:
             return True
         if entry.customer_ids:
@@ -206,75 +339,16 @@ class Syncer:
         log.info("Looked up %d Stripe customer ids, %d found", len(ids), len(index))
         return index
 
-    def _decide(
-        self, record: Record, previous: LedgerEntry | None, index: dict[str, list[dict[str, Any]]] | None
-    ) -> _Write | None:
-        opts = self.options
-        digest = payload_hash(record)
-        entry = previous if previous is not None and previous.match == record.match else None
-        if entry is not None and entry.payload_hash == digest and not opts.full_resync:
-            if entry.status == "synced":
-                self.result.unchanged += 1
-                return None
-            if entry.status == "rejected":
-                kind = NOT_SENDABLE if entry.error.startswith(f"{NOT_SENDABLE}: ") else "rejected by Stripe"
-                self._reject(record, kind, f"{entry.error} (payload unchanged since; not resent)")
-                return None
-            if entry.attempts >= opts.give_up_after:
-                self._reject(record, "given up", f"failed in {entry.attempts} runs in a row: {entry.error}")
-                return None
-        done = LedgerEntry(record.match, (), digest, field_hashes(record.payload))
-        if entry is not None and entry.customer_ids and not opts.full_resync:
-            if opts.mode == "create_only":
-                self._skip(record, "exists; create_only never updates")
-                return None
-            before, now = entry.fields(), done.fields()
-            units = frozenset(u for u in now if before.get(u) != now[u]) if before else None
-            return self._update(record, replace(done, customer_ids=entry.customer_ids), (), units, previous)
-        assert index is not None  # built whenever a record misses the ledger
-        matches = index.get(record.match, [])
-        if not matches:
-            if opts.mode == "update_only":
-                self._skip(record, f"no Stripe customer has this {opts.stripe_field}")
-                return None
-            return _Write(record, done, previous=previous)
-        if len(matches) > 1 and opts.duplicate_customers == "reject":
-            listed = ", ".join(c["id"] for c in matches[:SAMPLES])
-            self._reject(
-                record,
-                "several Stripe customers",
-                f"{opts.stripe_field} {record.match!r} matches {len(matches)} Stripe customers ({listed}); "
-                "set duplicate_customers: update_all to update them all",
-            )
-            return None
-        ids = tuple(c["id"] for c in matches)
-        if opts.mode == "create_only":
-            # Known to exist: remember the customer, but with no payload hash, so that a later
-            # switch to an updating mode still sends the payload.
-            self._confirm(record.key, LedgerEntry(record.match, ids, ""))
-            self._skip(record, "already in Stripe; create_only never updates")
-            return None
-        units = frozenset(
-            unit_of(path)
-            for path, value in record.payload.items()
-            if not all(holds(c, path, value) for c in matches)
-        )
-        return self._update(record, replace(done, customer_ids=ids), tuple(matches), units, previous)
-
-    def _update(
-        self,
-        record: Record,
-        done: LedgerEntry,
-        customers: tuple[dict[str, Any], ...],
-        units: frozenset[str] | None,
-        previous: LedgerEntry | None,
-    ) -> _Write | None:
-        """An update of the changed units, or nothing when no unit Stripe sees has changed."""
-        if units is not None and not units:
+    def _count_settled(self, record: Record, decision: Unchanged | Skipped | Rejected | Remember) -> None:
+        """Count the outcome of a decision that needs no request."""
+        if isinstance(decision, Rejected):
+            self._reject(record, decision.kind, decision.reason)
+        elif isinstance(decision, Skipped):
+            self._skip(record, decision.reason)
+        elif isinstance(decision, Remember) and decision.skipped is not None:
+            self._skip(record, decision.skipped)
+        else:
             self.result.unchanged += 1
-            self._confirm(record.key, done)
-            return None
-        return _Write(record, done, done.customer_ids, customers, units, previous)
 
     def _skip(self, record: Record, reason: str) -> None:
         self.result.skipped[reason] += 1
@@ -285,22 +359,31 @@ class Syncer:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def _execute(self, writes: Iterator[_Write]) -> None:
-        if self.options.dry_run:
-            for write in writes:
-                try:  # what can be checked without reading from Stripe
-                    self._requests(write, {c["id"]: c for c in write.customers}.get)
-                except UnsendablePayload as exc:
-                    self._reject(write.record, NOT_SENDABLE, f"{NOT_SENDABLE}: {exc}")
+    def _execute(self, decisions: Iterator[tuple[Record, Decision]]) -> None:  # noqa: C901 - the writer's loop: dry run, pool, and the stop path must stay together
+        """The writer: applies each decision in turn, sending writes and staging ledger entries."""
+        if self.options.dry_run:  # nothing is sent nor staged
+            for record, decision in decisions:
+                if not isinstance(decision, Write):
+                    self._count_settled(record, decision)
                     continue
-                self._count(write, write.customer_ids or ("(new)",))
+                try:  # what can be checked without reading from Stripe
+                    self._requests(decision, {c["id"]: c for c in decision.customers}.get)
+                except UnsendablePayload as exc:
+                    self._reject(record, NOT_SENDABLE, f"{NOT_SENDABLE}: {exc}")
+                    continue
+                self._count(decision, decision.customer_ids or ("(new)",))
             return
         limit = self.options.concurrency * 4
         with ThreadPoolExecutor(self.options.concurrency, thread_name_prefix="stripe") as pool:
-            running: dict[Future[tuple[str, ...] | None], _Write] = {}
+            running: dict[Future[tuple[str, ...] | None], Write] = {}
             try:
-                for write in writes:
-                    running[pool.submit(self._send, write)] = write
+                for record, decision in decisions:
+                    if not isinstance(decision, Write):
+                        self._count_settled(record, decision)
+                        if isinstance(decision, Remember):
+                            self._stage(record.key, decision.entry)
+                        continue
+                    running[pool.submit(self._send, decision)] = decision
                     if len(running) >= limit:
                         self._collect(running, wait(running, return_when=FIRST_COMPLETED).done)
                 while running:
@@ -315,7 +398,7 @@ class Syncer:
             finally:
                 self._checkpoint(force=True)
 
-    def _send(self, write: _Write) -> tuple[str, ...] | None:
+    def _send(self, write: Write) -> tuple[str, ...] | None:
         """Write to Stripe: the ids Stripe confirmed, or None when Stripe already held it all."""
         if not write.customer_ids:
             params = to_params(self._with_match(write.record), creating=True)
@@ -330,7 +413,7 @@ class Syncer:
         return write.customer_ids if requests else None
 
     def _requests(
-        self, write: _Write, current: Callable[[str], dict[str, Any] | None]
+        self, write: Write, current: Callable[[str], dict[str, Any] | None]
     ) -> list[tuple[str, dict[str, Any]]]:
         """``(customer id, params)`` of each update ``write`` needs, all built (and checked against
         Stripe's contract: ``UnsendablePayload``) before any is sent. A create is checked whole.
@@ -356,7 +439,7 @@ class Syncer:
                 requests.append((customer_id, params))
         return requests
 
-    def _idempotency_key(self, write: _Write) -> str:
+    def _idempotency_key(self, write: Write) -> str:
         """Same pipeline, profile, payload and last known customer → same key (see module doc)."""
         known = ",".join(write.previous.customer_ids) if write.previous else ""
         seed = f"{self.options.pipeline_id}\0{write.record.key}\0{write.entry.payload_hash}\0{known}"
@@ -373,11 +456,12 @@ class Syncer:
 
     def _collect(
         self,
-        running: dict[Future[tuple[str, ...] | None], _Write],
+        running: dict[Future[tuple[str, ...] | None], Write],
         done: set[Future[tuple[str, ...] | None]],
         *,
         stopping: bool = False,
     ) -> None:
+        """Count and stage the outcome of each finished write."""
         for future in done:
             write = running.pop(future)
             try:
@@ -392,22 +476,22 @@ class Syncer:
                 else:  # refused here, before sending: no request Stripe accepts could express it
                     kind, reason = NOT_SENDABLE, f"{NOT_SENDABLE}: {exc}"
                 self._reject(write.record, kind, reason)
-                self._confirm(write.record.key, self._unsynced(write, "rejected", reason))
+                self._stage(write.record.key, self._unsynced(write, "rejected", reason))
                 continue
             except RetryableSyncError as exc:
                 self.result.failed += 1
                 self.result.sample("failed", f"{write.record.key}: {exc}")
-                self._confirm(write.record.key, self._unsynced(write, "failed", str(exc)))
+                self._stage(write.record.key, self._unsynced(write, "failed", str(exc)))
                 continue
             if ids is None:  # Stripe, as read, already held it all: nothing was sent
                 self.result.unchanged += 1
                 ids = write.customer_ids
             else:
                 self._count(write, ids)
-            self._confirm(write.record.key, replace(write.entry, customer_ids=ids))
+            self._stage(write.record.key, replace(write.entry, customer_ids=ids))
 
     @staticmethod
-    def _unsynced(write: _Write, status: str, error: str) -> LedgerEntry:
+    def _unsynced(write: Write, status: str, error: str) -> LedgerEntry:
         """The ledger entry of a write Stripe did not confirm: the last synced state is kept."""
         before = write.previous if write.previous and write.previous.match == write.record.match else None
         failed_before = before.attempts if before and before.status == "failed" else 0
@@ -421,18 +505,19 @@ class Syncer:
             error=error,
         )
 
-    def _count(self, write: _Write, ids: tuple[str, ...]) -> None:
+    def _count(self, write: Write, ids: tuple[str, ...]) -> None:
         outcome = "updated" if write.customer_ids else "created"
         setattr(self.result, outcome, getattr(self.result, outcome) + 1)
         self.result.sample(outcome, f"{write.record.key} → {', '.join(ids)}")
 
-    def _confirm(self, key: str, entry: LedgerEntry) -> None:
-        if self.options.dry_run:
-            return
+    def _stage(self, key: str, entry: LedgerEntry) -> None:
+        """Stage ``entry`` for the ledger, written at the next checkpoint (only by the writer:
+        ``_execute`` and ``_collect``, never while deciding)."""
         self._pending[key] = entry
         self._checkpoint()
 
     def _checkpoint(self, *, force: bool = False) -> None:
+        """Write the staged entries to the ledger, once ``checkpoint_every`` are staged (or now)."""
         if self._pending and (force or len(self._pending) >= self.options.checkpoint_every):
             self.ledger.record(self._pending)
             self._pending = {}

@@ -27,7 +27,8 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 
 from krenalis_airflow.core.ratelimit import Limits
 from krenalis_airflow.core.redact import redact, redact_stripe_logs
-from krenalis_airflow.exceptions import TerminalSyncError
+from krenalis_airflow.core.stripe_api import KEY_FIX, key_rejected, permission_missing
+from krenalis_airflow.exceptions import ConnectionUnusable
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 DEFAULT_MAX_NETWORK_RETRIES = 4
 DEFAULT_TIMEOUT = 80.0
 KNOWN_EXTRAS = frozenset({"max_network_retries", "timeout", "rate_limit", "endpoint_rate_limit"})
-KEY_FIX = "set the connection's password to a secret or restricted key with Customers: write"
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class StripeSettings:
 
 
 def settings_from_connection(conn: Connection) -> StripeSettings:
-    """Check the connection's fields; raise ``TerminalSyncError`` saying what to fix."""
+    """Check the connection's fields; raise ``ConnectionUnusable`` saying what to fix."""
     extra = conn.extra_dejson
     return StripeSettings(
         api_key=_api_key(conn.conn_id, conn.password),
@@ -79,7 +79,9 @@ def _api_key(conn_id: str, password: str | None) -> str:
         found = "it holds a publishable key (pk_…), which cannot read or write customers"
     else:
         found = "it does not hold a Stripe API key"
-    raise TerminalSyncError(f"Stripe connection {conn_id!r}: {found}; {KEY_FIX} (it starts with sk_ or rk_).")
+    raise ConnectionUnusable(
+        f"Stripe connection {conn_id!r}: {found}; {KEY_FIX} (it starts with sk_ or rk_)."
+    )
 
 
 def _api_base(conn_id: str, host: str | None, port: int | None) -> str:
@@ -90,7 +92,7 @@ def _api_base(conn_id: str, host: str | None, port: int | None) -> str:
         base = f"https://{base}"
     parts = urlsplit(base)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise TerminalSyncError(
+        raise ConnectionUnusable(
             f"Stripe connection {conn_id!r}: the host must be an API base URL such as "
             "https://api.stripe.com or http://127.0.0.1:8420 (or empty for Stripe itself)."
         )
@@ -106,7 +108,7 @@ def _retries_extra(conn_id: str, extra: dict[str, Any]) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise TerminalSyncError(
+        raise ConnectionUnusable(
             f"Stripe connection {conn_id!r}: extra 'max_network_retries' must be a whole number >= 0, "
             f"got {value!r}."
         )
@@ -126,7 +128,7 @@ def _rate_extra(conn_id: str, extra: dict[str, Any], name: str) -> float | None:
     except (TypeError, ValueError):
         rate = 0.0
     if isinstance(value, bool) or not 0 < rate < float("inf"):
-        raise TerminalSyncError(
+        raise ConnectionUnusable(
             f"Stripe connection {conn_id!r}: extra {name!r} must be requests per second > 0, got {value!r}."
         )
     return rate
@@ -141,7 +143,7 @@ def _timeout_extra(conn_id: str, extra: dict[str, Any]) -> float:
     except (TypeError, ValueError):
         seconds = 0.0
     if isinstance(value, bool) or not seconds > 0 or seconds == float("inf"):
-        raise TerminalSyncError(
+        raise ConnectionUnusable(
             f"Stripe connection {conn_id!r}: extra 'timeout' must be a number of seconds > 0, got {value!r}."
         )
     return seconds
@@ -167,7 +169,7 @@ class StripeHook(BaseHook):
 
     @cached_property
     def settings(self) -> StripeSettings:
-        """The connection's settings, read once (raises ``TerminalSyncError`` if unusable)."""
+        """The connection's settings, read once (raises ``ConnectionUnusable`` if unusable)."""
         conn = self.get_connection(self.stripe_conn_id)
         settings = settings_from_connection(conn)
         unknown = sorted(set(conn.extra_dejson) - KNOWN_EXTRAS)
@@ -209,7 +211,7 @@ class StripeHook(BaseHook):
         try:
             settings = self.settings
             self.client.v1.customers.list(params={"limit": 1})
-        except (TerminalSyncError, AirflowNotFoundException) as error:
+        except (ConnectionUnusable, AirflowNotFoundException) as error:
             return False, str(error)
         except stripe.StripeError as error:
             return False, self._explain(error)
@@ -222,14 +224,9 @@ class StripeHook(BaseHook):
         base = self.settings.api_base
         said = redact(error.user_message or "", self.settings.api_key)
         if isinstance(error, stripe.AuthenticationError):
-            return (
-                f"Stripe at {base} rejected the API key (401): it is invalid, revoked or mistyped; {KEY_FIX}."
-            )
+            return key_rejected(said, where=f"Stripe at {base}")
         if isinstance(error, stripe.PermissionError):
-            return (
-                f"The API key is not allowed to read customers (403): give the restricted key "
-                f"Customers: read and Customers: write, or use a secret key. Stripe said: {said}"
-            )
+            return permission_missing(said)
         if isinstance(error, stripe.APIConnectionError):
             return (
                 f"Could not reach Stripe at {base}: check the connection's host (the API base URL; "

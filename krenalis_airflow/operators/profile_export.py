@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowSkipException
 
 from krenalis_airflow.core.plan import STEPS, disabled_message
 from krenalis_airflow.core.spec import PipelineSpec
-from krenalis_airflow.exceptions import SpecError, TerminalSyncError
 from krenalis_airflow.operators import steps
+from krenalis_airflow.operators.errors import airflow_outcome
 from krenalis_airflow.operators.storage import run_folder
 
 RUNNERS = {
@@ -26,9 +26,9 @@ class ProfileExportOperator(BaseOperator):
     """Run ``step`` (extract, transform, dedupe or upsert) of the pipeline ``spec``.
 
     Profiles travel between steps as files under the object-storage base; XCom carries only
-    paths and counts. Spec errors and terminal Stripe errors fail the task without retries;
-    transient failures raise so Airflow's retries take over. A spec with ``enabled: false`` skips
-    the step before anything is read or written.
+    paths and counts. Spec, configuration and terminal Stripe errors fail the task without
+    retries; transient failures raise so Airflow's retries take over (see ``operators.errors``).
+    A spec with ``enabled: false`` skips the step before anything is read or written.
 
     :param spec: the validated pipeline spec.
     :param step: which step to run.
@@ -76,7 +76,5 @@ class ProfileExportOperator(BaseOperator):
             run_id=context["run_id"],
             log=self.log,  # type: ignore[arg-type]
         )
-        try:
+        with airflow_outcome():
             return RUNNERS[self.step](run)
-        except (SpecError, TerminalSyncError) as exc:
-            raise AirflowFailException(str(exc)) from exc

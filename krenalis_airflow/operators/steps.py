@@ -19,7 +19,6 @@ from typing import Any
 
 from airflow.providers.common.sql.hooks.sql import DbApiHook
 from airflow.sdk import BaseHook, ObjectStoragePath
-from airflow.sdk.exceptions import AirflowFailException
 
 from krenalis_airflow.core import extract as sql
 from krenalis_airflow.core.columns import check_source, mapping_problems, spec_error
@@ -39,8 +38,8 @@ from krenalis_airflow.core.spec import PipelineSpec
 from krenalis_airflow.core.stripe_api import StripeCustomers
 from krenalis_airflow.core.sync import LedgerStore, Syncer, SyncOptions, SyncResult
 from krenalis_airflow.core.transform.build import build_transformer
-from krenalis_airflow.core.transform.run import transform_file
-from krenalis_airflow.exceptions import RetryableSyncError, TerminalSyncError
+from krenalis_airflow.core.transform.run import TransformSettings, transform_file
+from krenalis_airflow.exceptions import ConnectionUnusable, RetryableSyncError, RunFailed
 from krenalis_airflow.hooks.stripe import StripeHook
 from krenalis_airflow.operators.storage import keep_files
 
@@ -66,7 +65,7 @@ class StepRun:
 def sql_hook(conn_id: str) -> DbApiHook:
     hook = BaseHook.get_connection(conn_id).get_hook()
     if not isinstance(hook, DbApiHook):
-        raise TerminalSyncError(
+        raise ConnectionUnusable(
             f"connection {conn_id!r} is a {type(hook).__name__}, not a SQL connection: point "
             "source.conn_id (or state.conn_id) at a common-sql connection such as sqlite or postgres"
         )
@@ -159,7 +158,7 @@ def transform(run: StepRun) -> dict[str, Any]:
             records.open("w") as ok,
             rejections.open("w") as bad,
         ):
-            transformed, left = transform_file(src, ok, bad, run.spec, transformer)
+            transformed, left = transform_file(src, ok, bad, transformer, TransformSettings.of(run.spec))
     finally:
         transformer.close()
     _log_rejections(run, rejections)
@@ -231,7 +230,7 @@ def dedupe(run: StepRun) -> dict[str, Any]:
 def upsert(run: StepRun) -> dict[str, Any]:
     spec = run.spec
     if not ObjectStoragePath(run.upstream["deduped"]).exists():
-        raise AirflowFailException(
+        raise RunFailed(
             f"{run.upstream['deduped']} is gone: a run's profile files are removed once its upsert "
             "succeeds. To sync again, clear the whole DAG run (from extract), not the upsert task alone."
         )
@@ -280,7 +279,7 @@ def upsert(run: StepRun) -> dict[str, Any]:
     if outcome != "success":
         # Transient failures: an Airflow retry resends just those. Rejections: fix the data first.
         # The profile files stay for the retry, and for whoever looks into it.
-        error = RetryableSyncError if result.failed else AirflowFailException
+        error = RetryableSyncError if result.failed else RunFailed
         raise error(f"{outcome}; see the summary above and {summary['rejection_files'][-1]}")
     if not keep:
         _remove_profile_files(run)

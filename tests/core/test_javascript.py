@@ -19,8 +19,8 @@ import pytest
 from krenalis_airflow.core.records import Record, Rejection
 from krenalis_airflow.core.spec import parse_spec
 from krenalis_airflow.core.transform.javascript import JavaScriptTransformer, syntax_problems
-from krenalis_airflow.core.transform.run import transform_profiles
-from krenalis_airflow.exceptions import TerminalSyncError, TransformError
+from krenalis_airflow.core.transform.run import TransformSettings, transform_profiles
+from krenalis_airflow.exceptions import TransformationUnusable, TransformError
 
 pytest.importorskip("pyduktape2")
 
@@ -194,9 +194,9 @@ transformation:
     }"""
     profiles = [ADA, GRACE, {**ADA, "id": 3}]
     with JavaScriptTransformer(nested) as transformer:
-        items = list(transform_profiles(profiles, spec, transformer))
+        items = list(transform_profiles(profiles, transformer, TransformSettings.of(spec)))
     with JavaScriptTransformer(dotted) as transformer:
-        [expected, *_] = transform_profiles(profiles, spec, transformer)
+        [expected, *_] = transform_profiles(profiles, transformer, TransformSettings.of(spec))
     assert (
         items[0]
         == expected
@@ -353,7 +353,7 @@ def test_a_worker_that_died_between_batches_is_replaced_quietly() -> None:
 def test_a_source_that_cannot_load_fails_the_run(source: str, reason: str) -> None:
     with (
         JavaScriptTransformer(source, timeout=0.5) as transformer,
-        pytest.raises(TerminalSyncError, match=re.escape(reason)),
+        pytest.raises(TransformationUnusable, match=re.escape(reason)),
     ):
         transformer.transform_batch([ADA])
 

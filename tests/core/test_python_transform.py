@@ -13,8 +13,8 @@ import pytest
 from krenalis_airflow.core.records import Record, Rejection
 from krenalis_airflow.core.spec import PipelineSpec, parse_spec
 from krenalis_airflow.core.transform.python import PythonTransformer, is_reference, source_problems
-from krenalis_airflow.core.transform.run import transform_profiles
-from krenalis_airflow.exceptions import TerminalSyncError, TransformError
+from krenalis_airflow.core.transform.run import TransformSettings, transform_profiles
+from krenalis_airflow.exceptions import TransformationUnusable, TransformError
 
 INLINE = """\
 def transform(profile):
@@ -130,7 +130,7 @@ def test_a_failing_profile_does_not_stop_the_others(spec: PipelineSpec) -> None:
     profiles = [
         {**ADA, "profile_id": i, "email": f"p{i}@example.com", "n": n} for i, n in enumerate([1, 0, 2])
     ]
-    items = list(transform_profiles(profiles, spec, PythonTransformer(code)))
+    items = list(transform_profiles(profiles, PythonTransformer(code), TransformSettings.of(spec)))
     assert [type(item).__name__ for item in items] == ["Record", "Rejection", "Record"]
     assert items[1] == Rejection(
         "1",
@@ -156,7 +156,7 @@ def test_an_output_that_is_not_a_dict_rejects_the_profile(returned: str, reason:
 
 def test_outputs_are_validated_like_any_transformations(spec: PipelineSpec) -> None:
     code = "def transform(profile):\n    return {'nmae': 'x', 3: 'y', 'metadata.tags': ['a'], 'address.country': 'Italy'}\n"
-    [item] = transform_profiles([ADA], spec, PythonTransformer(code))
+    [item] = transform_profiles([ADA], PythonTransformer(code), TransformSettings.of(spec))
     assert item == Rejection(
         "1",
         "transform",
@@ -164,7 +164,7 @@ def test_outputs_are_validated_like_any_transformations(spec: PipelineSpec) -> N
         '3: a field name must be text; metadata.tags: a list is not text; join it (", ".join(value)) or pick one element',
     )
     code = "def transform(profile):\n    return {'nmae': 'x', 'address.country': 'Italy'}\n"
-    [item] = transform_profiles([ADA], spec, PythonTransformer(code))
+    [item] = transform_profiles([ADA], PythonTransformer(code), TransformSettings.of(spec))
     assert isinstance(item, Rejection)
     assert item.reason.startswith("nmae: unknown Stripe customer field 'nmae'; allowed: ")
     assert item.reason.endswith(
@@ -195,8 +195,8 @@ def transform(profile):
         "metadata.orders": 4,
     }
 """
-    [from_nested] = transform_profiles([ADA], spec, PythonTransformer(nested))
-    [from_dotted] = transform_profiles([ADA], spec, PythonTransformer(dotted))
+    [from_nested] = transform_profiles([ADA], PythonTransformer(nested), TransformSettings.of(spec))
+    [from_dotted] = transform_profiles([ADA], PythonTransformer(dotted), TransformSettings.of(spec))
     assert from_nested == from_dotted
     assert isinstance(from_nested, Record)
     assert from_nested.payload["metadata.orders"] == "4"
@@ -221,14 +221,14 @@ def transform(profile):
 )
 def test_nested_outputs_are_refused_in_pythons_words(spec: PipelineSpec, returned: str, reason: str) -> None:
     code = f"def transform(profile):\n    return {returned}\n"
-    [item] = transform_profiles([ADA], spec, PythonTransformer(code))
+    [item] = transform_profiles([ADA], PythonTransformer(code), TransformSettings.of(spec))
     assert item == Rejection("1", "transform", "invalid output", reason)
 
 
 def test_the_function_gets_a_copy_of_the_profile(spec: PipelineSpec) -> None:
     code = "def transform(profile):\n    profile['email'] = 'changed@example.com'\n    return {'name': 'x'}\n"
     profile = dict(ADA)
-    [item] = transform_profiles([profile], spec, PythonTransformer(code))
+    [item] = transform_profiles([profile], PythonTransformer(code), TransformSettings.of(spec))
     assert profile == ADA
     assert isinstance(item, Record)
     assert item.match == "ada@example.com"
@@ -261,7 +261,7 @@ def test_exceptions_outside_exception_are_not_swallowed() -> None:
 def test_source_problems_of_inline_code(code: str, error: str) -> None:
     [problem] = source_problems(code)
     assert problem.startswith(error)
-    with pytest.raises(TerminalSyncError, match="^" + re.escape(error)):
+    with pytest.raises(TransformationUnusable, match="^" + re.escape(error)):
         PythonTransformer(code)
 
 
@@ -289,7 +289,8 @@ def test_source_problems_never_runs_inline_code(tmp_path: Path) -> None:
 def test_inline_code_that_fails_when_loaded_is_a_terminal_error() -> None:
     code = "import json\nBROKEN = 1 / 0\n\ndef transform(profile):\n    return {}\n"
     with pytest.raises(
-        TerminalSyncError, match=r"^running the code failed: ZeroDivisionError: division by zero \(line 2\)$"
+        TransformationUnusable,
+        match=r"^running the code failed: ZeroDivisionError: division by zero \(line 2\)$",
     ):
         PythonTransformer(code)
 
@@ -359,7 +360,7 @@ def test_a_per_record_exception_in_a_reference_names_its_file_and_line(package: 
 def test_source_problems_of_references(package: Path, reference: str, problem: str) -> None:
     [found] = source_problems(reference, search_path=[package])
     assert found.startswith(problem)
-    with pytest.raises(TerminalSyncError) as info:
+    with pytest.raises(TransformationUnusable) as info:
         PythonTransformer(reference, search_path=[package])
     assert str(info.value).startswith(problem)
 

@@ -12,8 +12,8 @@ import pytest
 import stripe
 
 from krenalis_airflow.core.ratelimit import Limits, RateLimiter
-from krenalis_airflow.core.stripe_api import RecordRejected, StripeCustomers
-from krenalis_airflow.exceptions import RetryableSyncError, TerminalSyncError
+from krenalis_airflow.core.stripe_api import StripeCustomers
+from krenalis_airflow.exceptions import RecordRejected, RetryableSyncError, TerminalSyncError
 
 
 def rate_limited(code: str = "rate_limit", **headers: str) -> stripe.RateLimitError:

@@ -16,11 +16,11 @@ import pytest
 
 from krenalis_airflow.core.fields import (
     field_problem,
-    matching_problem,
     read_path,
     same_value,
     to_params,
 )
+from krenalis_airflow.core.matching import matching_problem
 from krenalis_airflow.core.records import (
     Record,
     Rejection,
@@ -31,7 +31,12 @@ from krenalis_airflow.core.records import (
 )
 from krenalis_airflow.core.spec import PipelineSpec, load_spec, parse_spec
 from krenalis_airflow.core.transform.mapping import MappingTransform, syntax_problems, variables
-from krenalis_airflow.core.transform.run import NO_MATCH, transform_file, transform_profiles
+from krenalis_airflow.core.transform.run import (
+    NO_MATCH,
+    TransformSettings,
+    transform_file,
+    transform_profiles,
+)
 from krenalis_airflow.core.transform.validate import stripe_value
 from krenalis_airflow.exceptions import TransformError
 
@@ -556,7 +561,7 @@ def test_email_matching_value_is_normalised_and_match_value_keeps_the_trimmed_or
     email_spec: PipelineSpec,
 ) -> None:
     profile = {**ADA, "email": "  Ada.Lovelace@Example.COM \t"}
-    [record] = transform_profiles([profile], email_spec, name_transform())
+    [record] = transform_profiles([profile], name_transform(), TransformSettings.of(email_spec))
     assert record == Record(
         "1", "ada.lovelace@example.com", "Ada.Lovelace@Example.COM", {"name": "Ada Lovelace"}
     )
@@ -568,7 +573,7 @@ def test_metadata_matching_value_is_compared_exactly(metadata_spec: PipelineSpec
         {**ADA, "profile_id": 2, "crm_id": 4012},
         {**ADA, "profile_id": 3, "crm_id": 12.0},
     ]
-    records = list(transform_profiles(profiles, metadata_spec, name_transform()))
+    records = list(transform_profiles(profiles, name_transform(), TransformSettings.of(metadata_spec)))
     assert [(r.key, r.match, r.match_value) for r in records] == [  # type: ignore[union-attr]
         ("1", "CRM-AbC", "CRM-AbC"),
         ("2", "4012", "4012"),
@@ -578,7 +583,7 @@ def test_metadata_matching_value_is_compared_exactly(metadata_spec: PipelineSpec
 
 @pytest.mark.parametrize("value", [None, "", " ", "\t\n "])
 def test_empty_matching_value_is_rejected(email_spec: PipelineSpec, value: Any) -> None:
-    [item] = transform_profiles([{**ADA, "email": value}], email_spec, name_transform())
+    [item] = transform_profiles([{**ADA, "email": value}], name_transform(), TransformSettings.of(email_spec))
     assert isinstance(item, Rejection)
     assert (item.key, item.step, item.kind) == ("1", "transform", "empty matching value")
     assert "'email'" in item.reason
@@ -586,7 +591,9 @@ def test_empty_matching_value_is_rejected(email_spec: PipelineSpec, value: Any) 
 
 @pytest.mark.parametrize("mode", ["create_only", "create_and_update"])
 def test_empty_matching_value_is_rejected_whenever_the_export_creates(mode: str) -> None:
-    [item] = transform_profiles([{**ADA, "email": None}], make_spec(mode=mode), name_transform())
+    [item] = transform_profiles(
+        [{**ADA, "email": None}], name_transform(), TransformSettings.of(make_spec(mode=mode))
+    )
     assert isinstance(item, Rejection)
     assert item.kind == "empty matching value"
 
@@ -597,7 +604,7 @@ def test_update_only_skips_a_profile_without_a_matching_value(stripe: str, prop:
     """Nothing to update and update_only never creates: the user's rule, not bad data."""
     spec = make_spec(stripe=stripe, prop=prop, mode="update_only")
     profiles = [{**ADA, "profile_id": 1, prop: value}, {**ADA, "profile_id": 2, prop: "cus_2"}]
-    skipped, record = transform_profiles(profiles, spec, name_transform())
+    skipped, record = transform_profiles(profiles, name_transform(), TransformSettings.of(spec))
     assert skipped == Skip("1", "transform", NO_MATCH, f"'{prop}' is empty; nothing to update")
     assert NO_MATCH == "no matching value; update_only never creates"
     assert isinstance(record, Record) and record.match == "cus_2"
@@ -616,7 +623,7 @@ def test_transform_file_writes_records_and_rejections_and_counts_skips() -> None
     source.seek(0)
     records, rejections = io.StringIO(), io.StringIO()
     spec = make_spec(stripe="id", prop="stripe_id", mode="update_only")
-    count, left = transform_file(source, records, rejections, spec, name_transform())
+    count, left = transform_file(source, records, rejections, name_transform(), TransformSettings.of(spec))
     assert count == 2 and [r.key for r in read_records(io.StringIO(records.getvalue()))] == ["1", "3"]
     assert [(r.key, r.kind) for r in read_rejections(io.StringIO(rejections.getvalue()))] == [
         ("5", "transformation error")
@@ -630,7 +637,7 @@ def test_transform_file_writes_records_and_rejections_and_counts_skips() -> None
 
 def test_missing_matching_property_is_rejected(email_spec: PipelineSpec) -> None:
     profile = {k: v for k, v in ADA.items() if k != "email"}
-    [item] = transform_profiles([profile], email_spec, name_transform())
+    [item] = transform_profiles([profile], name_transform(), TransformSettings.of(email_spec))
     assert isinstance(item, Rejection)
     assert item.kind == "empty matching value"
 
@@ -642,7 +649,7 @@ def test_a_failing_expression_rejects_only_that_profile(email_spec: PipelineSpec
         {"profile_id": 3, "email": "", "first_name": "Grace", "last_name": "Hopper"},
         {"profile_id": 4, "email": "d@x.com", "first_name": "Edsger", "last_name": "Dijkstra"},
     ]
-    items = list(transform_profiles(profiles, email_spec, name_transform()))
+    items = list(transform_profiles(profiles, name_transform(), TransformSettings.of(email_spec)))
     assert [type(item).__name__ for item in items] == ["Record", "Rejection", "Rejection", "Record"]
     assert items[0] == Record("1", "a@x.com", "a@x.com", {"name": "Ada Lovelace"})
     assert items[3] == Record("4", "d@x.com", "d@x.com", {"name": "Edsger Dijkstra"})
@@ -659,7 +666,9 @@ def test_a_bare_missing_property_rejects_the_profile_instead_of_failing_the_run(
     email_spec: PipelineSpec,
 ) -> None:
     profiles = [{"profile_id": 1, "email": "a@x.com"}, {"profile_id": 2, "email": "b@x.com", "phone": "+39"}]
-    items = list(transform_profiles(profiles, email_spec, MappingTransform({"phone": "phone"})))
+    items = list(
+        transform_profiles(profiles, MappingTransform({"phone": "phone"}), TransformSettings.of(email_spec))
+    )
     assert isinstance(items[0], Rejection)
     assert items[0].kind == "transformation error"
     assert items[0].reason.startswith("phone: ")
@@ -678,7 +687,7 @@ def test_payload_values_are_coerced_for_stripe(email_spec: PipelineSpec) -> None
             "preferred_locales": "['it', none, '', 'en']",
         }
     )
-    [record] = transform_profiles([ADA], email_spec, transform)
+    [record] = transform_profiles([ADA], transform, TransformSettings.of(email_spec))
     assert isinstance(record, Record)
     assert record.payload == {
         "metadata.orders": "4",
@@ -699,7 +708,9 @@ def test_profiles_are_consumed_lazily_one_batch_at_a_time(email_spec: PipelineSp
             seen.append(i)
             yield {"profile_id": i, "email": f"p{i}@x.com", "first_name": "A", "last_name": "B"}
 
-    items = iter(transform_profiles(profiles(), email_spec, name_transform(), batch_size=2))
+    items = iter(
+        transform_profiles(profiles(), name_transform(), TransformSettings.of(email_spec), batch_size=2)
+    )
     first = next(items)
     assert isinstance(first, Record)
     assert first.key == "1"
@@ -716,7 +727,7 @@ def test_an_invalid_output_rejects_that_profile_with_every_reason(email_spec: Pi
         {"profile_id": 2, "email": "b@x.com", "first_name": "B" * 300, "country": "it", "notes": "n" * 501},
         {"profile_id": 3, "email": "c@x.com", "first_name": "Cy", "country": None, "notes": None},
     ]
-    items = list(transform_profiles(profiles, email_spec, transform))
+    items = list(transform_profiles(profiles, transform, TransformSettings.of(email_spec)))
     assert items[0] == Record(
         "1", "a@x.com", "a@x.com", {"name": "Ada", "address.country": "IT", "metadata.notes": "ok"}
     )
@@ -732,7 +743,9 @@ def test_an_invalid_output_rejects_that_profile_with_every_reason(email_spec: Pi
 
 
 def test_a_value_without_a_text_form_is_an_invalid_output(email_spec: PipelineSpec) -> None:
-    [item] = transform_profiles([ADA], email_spec, MappingTransform({"description": "tags"}))
+    [item] = transform_profiles(
+        [ADA], MappingTransform({"description": "tags"}), TransformSettings.of(email_spec)
+    )
     assert item == Rejection(
         "1",
         "transform",
@@ -743,7 +756,7 @@ def test_a_value_without_a_text_form_is_an_invalid_output(email_spec: PipelineSp
 
 def test_the_matched_email_is_checked_when_a_create_would_write_it() -> None:
     profile = {**ADA, "email": "ada at example.com"}
-    [item] = transform_profiles([profile], make_spec(), name_transform())
+    [item] = transform_profiles([profile], name_transform(), TransformSettings.of(make_spec()))
     assert item == Rejection(
         "1", "transform", "invalid output", "email: 'ada at example.com' is not an email address"
     )
@@ -752,13 +765,15 @@ def test_the_matched_email_is_checked_when_a_create_would_write_it() -> None:
 def test_the_matched_value_is_not_checked_when_the_export_never_creates() -> None:
     spec = make_spec(mode="update_only")
     profile = {**ADA, "email": "ada at example.com"}
-    [item] = transform_profiles([profile], spec, name_transform())
+    [item] = transform_profiles([profile], name_transform(), TransformSettings.of(spec))
     assert isinstance(item, Record)
 
 
 def test_the_matched_metadata_key_counts_towards_the_fifty(metadata_spec: PipelineSpec) -> None:
     mapping = {f"metadata.k{i}": "'v'" for i in range(50)}
-    [item] = transform_profiles([{**ADA, "crm_id": "C1"}], metadata_spec, MappingTransform(mapping))
+    [item] = transform_profiles(
+        [{**ADA, "crm_id": "C1"}], MappingTransform(mapping), TransformSettings.of(metadata_spec)
+    )
     assert item == Rejection(
         "1", "transform", "invalid output", "metadata: 51 keys; Stripe allows at most 50"
     )

@@ -22,7 +22,7 @@ import pytest
 import stripe
 
 from krenalis_airflow import get_provider_info
-from krenalis_airflow.exceptions import TerminalSyncError
+from krenalis_airflow.exceptions import ConnectionUnusable
 from krenalis_airflow.hooks.stripe import (
     DEFAULT_MAX_NETWORK_RETRIES,
     DEFAULT_TIMEOUT,
@@ -164,7 +164,7 @@ def test_bad_key_is_rejected_with_the_fix_and_without_the_key(
     set_conn(monkeypatch, "stripe_bad", password=password, host="http://127.0.0.1:1")
     hook = StripeHook("stripe_bad")
 
-    with pytest.raises(TerminalSyncError) as raised:
+    with pytest.raises(ConnectionUnusable) as raised:
         hook.get_conn()
 
     message = str(raised.value)
@@ -245,7 +245,7 @@ def test_host_without_scheme_is_reached_over_https(stripe_url: str, monkeypatch:
 
 def test_bad_host_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     set_conn(monkeypatch, "stripe_ftp", password=STRIPE_TEST_KEY, host="ftp://files.example.com")
-    with pytest.raises(TerminalSyncError, match="API base URL"):
+    with pytest.raises(ConnectionUnusable, match="API base URL"):
         StripeHook("stripe_ftp").get_conn()
 
 
@@ -277,7 +277,7 @@ def test_extras_are_read(
 )
 def test_bad_extras_are_rejected(extra: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     set_conn(monkeypatch, "stripe_extra", password=STRIPE_TEST_KEY, extra=extra)
-    with pytest.raises(TerminalSyncError, match=next(iter(extra))):
+    with pytest.raises(ConnectionUnusable, match=next(iter(extra))):
         StripeHook("stripe_extra").get_conn()
 
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 from airflow.sdk import ObjectStoragePath
-from airflow.sdk.exceptions import AirflowFailException
 
 from krenalis_airflow.core.dedupe import KEPT_FIRST
 from krenalis_airflow.core.sample_data import write_sqlite_warehouse
 from krenalis_airflow.core.spec import load_spec
+from krenalis_airflow.exceptions import RunFailed
 from krenalis_airflow.operators import steps
 from krenalis_airflow.operators.storage import keep_files
 from tests.support.fault_proxy import FaultProxy
@@ -81,7 +81,7 @@ def test_a_successful_run_removes_its_profile_files_and_keeps_summary_and_reject
         "rejected-upsert.jsonl",
     } <= left
 
-    with pytest.raises(AirflowFailException, match=r"deduped\.jsonl is gone: .* clear the whole DAG run"):
+    with pytest.raises(RunFailed, match=r"deduped\.jsonl is gone: .* clear the whole DAG run"):
         steps.upsert(run)  # the upsert task cleared alone, after its success
 
 
@@ -98,7 +98,7 @@ def test_a_failed_run_keeps_its_files_for_the_retry(run_steps) -> None:
     )
     run, upstream = run_steps(text)
     assert upstream["rejected"], "the sample warehouse has profiles to reject"
-    with pytest.raises(AirflowFailException, match=r"exceed export\.max_rejected"):
+    with pytest.raises(RunFailed, match=r"exceed export\.max_rejected"):
         steps.upsert(run)
     assert names(run) >= PROFILE_FILES
 

@@ -174,6 +174,9 @@ HARNESS = r"""
 LOCKDOWN = "delete this.require; delete Duktape.modSearch; delete Duktape.modLoaded;"
 
 
+# The one exception class outside krenalis_airflow.exceptions: this file runs as its own
+# interpreter that imports only the standard library (and pyduktape2), and LoadError never leaves
+# it: its message goes back as an ``L`` frame, and the parent raises ``TransformationUnusable``.
 class LoadError(Exception):
     """The source cannot be used: it does not compile, its top level throws, or no transform."""
 

@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
-from krenalis_airflow.core.spec import Transformation
 from krenalis_airflow.core.transform.base import Transformer
 from krenalis_airflow.core.transform.mapping import MappingTransform
 from krenalis_airflow.core.transform.python import PythonTransformer
 
 
+class TransformationFields(Protocol):
+    """What building a transformer reads of a transformation (the spec's ``Transformation``):
+    exactly one of ``mapping``, ``python`` or ``javascript``, and the JavaScript limits."""
+
+    @property
+    def mapping(self) -> Mapping[str, str] | None: ...
+
+    @property
+    def python(self) -> str | None: ...
+
+    @property
+    def javascript(self) -> str | None: ...
+
+    @property
+    def timeout(self) -> float: ...
+
+    @property
+    def memory_mb(self) -> int: ...
+
+
 def build_transformer(
-    transformation: Transformation, *, search_path: Sequence[str | Path] = ()
+    transformation: TransformationFields, *, search_path: Sequence[str | Path] = ()
 ) -> Transformer:
     """The transformer for ``transformation``; call ``close()`` when done (JavaScript workers)."""
     if transformation.mapping is not None:

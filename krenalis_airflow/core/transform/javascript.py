@@ -36,7 +36,7 @@ from typing import Any
 
 from krenalis_airflow.core.transform._js_worker import HEADER, LOADING
 from krenalis_airflow.core.transform.base import Payload
-from krenalis_airflow.exceptions import TerminalSyncError, TransformError
+from krenalis_airflow.exceptions import TransformationUnusable, TransformError
 
 WORKER = Path(__file__).with_name("_js_worker.py")
 STARTING = -3  # progress until the worker has read the source
@@ -54,7 +54,7 @@ class JavaScriptTransformer:
     ``timeout`` bounds each profile (seconds), ``memory_mb`` the worker's extra address space.
     A profile that overruns either, crashes the worker or makes ``transform`` throw is rejected
     alone; the other profiles of its batch are transformed as usual. A source that cannot load
-    raises ``TerminalSyncError``: it would reject every profile, so the run should stop at once.
+    raises ``TransformationUnusable``: it would reject every profile, so the run should stop at once.
     After a fork, the child leaves the parent's worker alone and starts its own.
     """
 
@@ -64,7 +64,7 @@ class JavaScriptTransformer:
         if timeout <= 0 or memory_mb <= 0 or batch_size <= 0:
             raise ValueError("timeout, memory_mb and batch_size must be positive")
         if importlib.util.find_spec("pyduktape2") is None:
-            raise TerminalSyncError(INSTALL_HINT)
+            raise TransformationUnusable(INSTALL_HINT)
         self.source = source
         self.timeout = timeout
         self.memory_mb = memory_mb
@@ -236,15 +236,15 @@ class _Worker:
         answer = self._exchange(source.encode("utf-8", "replace"))
         if isinstance(answer, _Reply):
             if answer.failed_at == LOADING and answer.failure.startswith("timed out"):
-                raise TerminalSyncError(
+                raise TransformationUnusable(
                     f"the JavaScript source's top-level code timed out after {self.timeout:g} s; "
                     "it should only define functions"
                 )
-            raise TerminalSyncError(f"the JavaScript worker did not start: {answer.failure}")
+            raise TransformationUnusable(f"the JavaScript worker did not start: {answer.failure}")
         kind, body = answer
         if kind != b"R":
             self.kill()
-            raise TerminalSyncError(f"the JavaScript source cannot be used: {body}")
+            raise TransformationUnusable(f"the JavaScript source cannot be used: {body}")
 
     def _exchange(self, body: bytes) -> tuple[bytes, str] | _Reply:
         """Send one frame and return the worker's answer; or, when the worker overran its time
@@ -508,7 +508,7 @@ def _es6_constructs(tokens: list[_Token]) -> dict[str, list[int]]:
     return found
 
 
-def _constructs_at(tokens: list[_Token], i: int, declared: set[str]) -> list[str]:
+def _constructs_at(tokens: list[_Token], i: int, declared: set[str]) -> list[str]:  # noqa: C901 - one branch per ES6 construct named in errors
     token, after = tokens[i], _text(tokens, i + 1)
     if token.kind == "template":
         return [TEMPLATE]

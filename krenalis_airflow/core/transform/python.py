@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from krenalis_airflow.core.transform.base import PerRecord
-from krenalis_airflow.exceptions import TerminalSyncError, TransformError
+from krenalis_airflow.exceptions import TransformationUnusable, TransformError
 
 REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 INLINE_FILENAME = "<transformation.python>"
@@ -65,7 +65,7 @@ def source_problems(
             return []
         try:
             _load_reference(code.strip(), search_path)
-        except TerminalSyncError as exc:
+        except TransformationUnusable as exc:
             return [str(exc)]
         return []
     return _inline_problems(code)
@@ -114,7 +114,9 @@ def _check_signature(function: Callable[..., Any], where: str) -> None:
     try:
         inspect.signature(function).bind(None)
     except TypeError as exc:
-        raise TerminalSyncError(f"{where} must take one argument, the profile: {SIGNATURE} ({exc})") from None
+        raise TransformationUnusable(
+            f"{where} must take one argument, the profile: {SIGNATURE} ({exc})"
+        ) from None
     except ValueError:  # no signature to inspect (a builtin): trust it
         return
 
@@ -140,28 +142,28 @@ def _load_reference(reference: str, search_path: Sequence[str | Path]) -> Callab
             module = importlib.import_module(module_name)
     except Exception as exc:
         error = traceback.format_exception_only(exc)[-1].strip()
-        raise TerminalSyncError(f"cannot import module {module_name!r}: {error}") from None
+        raise TransformationUnusable(f"cannot import module {module_name!r}: {error}") from None
     function = getattr(module, attribute, None)
     if function is None:
-        raise TerminalSyncError(f"module {module_name!r} has no function {attribute!r}")
+        raise TransformationUnusable(f"module {module_name!r} has no function {attribute!r}")
     if not callable(function):
-        raise TerminalSyncError(f"{reference} is a {type(function).__name__}, not a function")
+        raise TransformationUnusable(f"{reference} is a {type(function).__name__}, not a function")
     _check_signature(function, reference)
     return function
 
 
 def _load_inline(code: str) -> Callable[..., Any]:
     if problems := _inline_problems(code):
-        raise TerminalSyncError(problems[0])
+        raise TransformationUnusable(problems[0])
     module = types.ModuleType("krenalis_transformation")
     module.__file__ = INLINE_FILENAME
     try:
         exec(compile(code, INLINE_FILENAME, "exec"), module.__dict__)
     except Exception as exc:
-        raise TerminalSyncError(f"running the code failed: {_describe(exc, INLINE_FILENAME)}") from None
+        raise TransformationUnusable(f"running the code failed: {_describe(exc, INLINE_FILENAME)}") from None
     function = module.__dict__.get("transform")
     if not callable(function):
-        raise TerminalSyncError(f"'transform' is a {type(function).__name__}, not a function")
+        raise TransformationUnusable(f"'transform' is a {type(function).__name__}, not a function")
     _check_signature(function, "transform")
     return function
 
@@ -182,13 +184,13 @@ def _describe(exc: BaseException, filename: str) -> str:
 class PythonTransformer(PerRecord):
     """Runs ``transform(profile)`` in this process, one profile at a time.
 
-    Raises ``TerminalSyncError`` at construction when the code cannot be loaded: retrying a
+    Raises ``TransformationUnusable`` at construction when the code cannot be loaded: retrying a
     run cannot fix it.
     """
 
     def __init__(self, code: str, *, search_path: Sequence[str | Path] = ()) -> None:
         if not isinstance(code, str) or not code.strip():
-            raise TerminalSyncError(f"the code is empty; define {SIGNATURE}")
+            raise TransformationUnusable(f"the code is empty; define {SIGNATURE}")
         if is_reference(code):
             self._function = _load_reference(code.strip(), search_path)
         else:

@@ -1,76 +1,100 @@
 """The transform step: profile → Record (or Rejection, or Skip), whatever the transformation language.
 
-This is where the export's matching rules are applied: the matching value is read and
-normalised here. A profile without one is rejected when the export creates customers (it is
-never created blank), and skipped under ``update_only``, which leaves such profiles alone.
+This is where the export's matching rules (``core/matching.py``) are applied: the matching value
+is read and normalised here. A profile without one is rejected when the export creates customers
+(it is never created blank), and skipped under ``update_only``, which leaves such profiles alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import IO, TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import IO, Any, Literal, Protocol
 
+from krenalis_airflow.core.matching import Mode, normalise_match, written_field
 from krenalis_airflow.core.records import JsonlWriter, LeftOut, Record, Rejection, Skip, read_jsonl
 from krenalis_airflow.core.transform.base import Transformer
 from krenalis_airflow.core.transform.validate import checked_payload, stripe_text
 from krenalis_airflow.exceptions import TransformError
 
-if TYPE_CHECKING:  # spec imports the mapping module, which imports validate
-    from krenalis_airflow.core.spec import PipelineSpec
-
 STEP = "transform"
 BATCH_SIZE = 1000
 NO_MATCH = "no matching value; update_only never creates"  # the skip reason
 
+Language = Literal["mapping", "javascript", "python"]
 
-def normalise_match(stripe_field: str, value: Any) -> str:
-    """The comparable form of a matching value.
 
-    Surrounding spaces never count (the value written on create is trimmed too, so a trimmed
-    and an untrimmed profile value must find the same customer); emails also ignore case.
+@dataclass(frozen=True)
+class TransformSettings:
+    """What the transform step reads of a pipeline spec, as plain values.
+
+    ``key_column``: the source key (names records and rejections); ``matching_property``: the
+    profile column holding the matching value; ``stripe_field``: the matched Stripe field (email,
+    id or metadata.<key>); ``mode``: the export mode; ``language``: the transformation's language
+    (the words of the hints in rejections).
     """
-    text = (value if isinstance(value, str) else stripe_text(value)).strip()
-    return text.lower() if stripe_field == "email" else text
+
+    key_column: str
+    matching_property: str
+    stripe_field: str
+    mode: Mode
+    language: Language
+
+    @classmethod
+    def of(cls, spec: SpecFields) -> TransformSettings:
+        """The settings of a spec (a ``PipelineSpec``): the one place they are read from it."""
+        matching = spec.export.matching
+        return cls(
+            key_column=spec.source.key,
+            matching_property=matching.property,
+            stripe_field=matching.stripe,
+            mode=spec.export.mode,
+            language=spec.transformation.language,
+        )
 
 
 def transform_profiles(
     profiles: Iterable[Mapping[str, Any]],
-    spec: PipelineSpec,
     transformer: Transformer,
+    settings: TransformSettings,
     *,
     batch_size: int = BATCH_SIZE,
 ) -> Iterator[Record | Rejection | Skip]:
     """Records, rejections and skips, in input order, transforming ``batch_size`` profiles per call."""
-    matching = spec.export.matching
-    empty = f"'{matching.property}' is empty; nothing to match on"
-    creates = spec.export.mode != "update_only"
+    matching_property = settings.matching_property
+    empty = f"'{matching_property}' is empty; nothing to match on"
+    creates = settings.mode != "update_only"
     batch: list[Mapping[str, Any]] = []
     for profile in profiles:
-        raw = profile.get(matching.property)
+        raw = profile.get(matching_property)
         if raw is None or (isinstance(raw, str) and not raw.strip()):
-            yield from _finish(batch, spec, transformer)
+            yield from _finish(batch, transformer, settings)
             batch = []
-            key = stripe_text(profile.get(spec.source.key))
+            key = stripe_text(profile.get(settings.key_column))
             if creates:
                 yield Rejection(key, STEP, "empty matching value", empty)
             else:  # nothing to update, and update_only leaves the others alone
-                yield Skip(key, STEP, NO_MATCH, f"'{matching.property}' is empty; nothing to update")
+                yield Skip(key, STEP, NO_MATCH, f"'{matching_property}' is empty; nothing to update")
             continue
         batch.append(profile)
         if len(batch) >= batch_size:
-            yield from _finish(batch, spec, transformer)
+            yield from _finish(batch, transformer, settings)
             batch = []
-    yield from _finish(batch, spec, transformer)
+    yield from _finish(batch, transformer, settings)
 
 
 def transform_file(
-    profiles: IO[str], records: IO[str], rejections: IO[str], spec: PipelineSpec, transformer: Transformer
+    profiles: IO[str],
+    records: IO[str],
+    rejections: IO[str],
+    transformer: Transformer,
+    settings: TransformSettings,
 ) -> tuple[int, LeftOut]:
     """The transform step over JSONL files: the records written, and what was left out (the
     rejections are written to ``rejections``; skips are only counted)."""
     left = LeftOut()
     with JsonlWriter(records) as ok, JsonlWriter(rejections) as bad:
-        for item in transform_profiles(read_jsonl(profiles), spec, transformer):
+        for item in transform_profiles(read_jsonl(profiles), transformer, settings):
             if isinstance(item, Record):  # the common case first
                 ok.write(item)
             elif isinstance(item, Rejection):
@@ -82,13 +106,18 @@ def transform_file(
 
 
 def _finish(
-    batch: list[Mapping[str, Any]], spec: PipelineSpec, transformer: Transformer
+    batch: list[Mapping[str, Any]], transformer: Transformer, settings: TransformSettings
 ) -> Iterator[Record | Rejection]:
     if not batch:
         return
-    key_column, matching = spec.source.key, spec.export.matching
-    written = _written_field(spec)
-    language = spec.transformation.language  # the words of the hints in rejections
+    key_column, matching_property, stripe_field = (
+        settings.key_column,
+        settings.matching_property,
+        settings.stripe_field,
+    )
+    by_email = stripe_field == "email"
+    written = written_field(stripe_field, settings.mode)
+    language = settings.language  # the words of the hints in rejections
     for profile, result in zip(batch, transformer.transform_batch(batch), strict=True):
         key = profile.get(key_column)
         if type(key) is not str:
@@ -96,12 +125,13 @@ def _finish(
         if isinstance(result, TransformError):
             yield Rejection(key, STEP, "transformation error", str(result))
             continue
-        raw = profile[matching.property]
+        raw = profile[matching_property]
         if type(raw) is str:
+            # matching.normalise_match inlined for the common case (a str), per record: keep both alike
             match_value = raw.strip()
-            match = match_value.lower() if matching.stripe == "email" else match_value  # normalise_match
+            match = match_value.lower() if by_email else match_value
         else:
-            match_value, match = stripe_text(raw), normalise_match(matching.stripe, raw)
+            match_value, match = stripe_text(raw), normalise_match(stripe_field, raw)
         payload, problems = checked_payload(result, {written: match_value} if written else {}, language)
         if problems:
             yield Rejection(key, STEP, "invalid output", "; ".join(problems))
@@ -109,9 +139,44 @@ def _finish(
         yield Record(key, match, match_value, payload)
 
 
-def _written_field(spec: PipelineSpec) -> str | None:
-    """The matched field, which a create writes too; None when this export never creates."""
-    stripe_field = spec.export.matching.stripe
-    if stripe_field == "id" or spec.export.mode == "update_only":
-        return None
-    return stripe_field
+# What ``TransformSettings.of`` reads of a spec, so that this module needs no import of the spec
+# module (which sits above the transformations it validates).
+
+
+class _Source(Protocol):
+    @property
+    def key(self) -> str: ...
+
+
+class _Matching(Protocol):
+    @property
+    def stripe(self) -> str: ...
+
+    @property
+    def property(self) -> str: ...  # last: the name shadows the builtin in this class body
+
+
+class _Export(Protocol):
+    @property
+    def mode(self) -> Mode: ...
+
+    @property
+    def matching(self) -> _Matching: ...
+
+
+class _Transformation(Protocol):
+    @property
+    def language(self) -> Language: ...
+
+
+class SpecFields(Protocol):
+    """The parts of a ``PipelineSpec`` the transform step reads."""
+
+    @property
+    def source(self) -> _Source: ...
+
+    @property
+    def export(self) -> _Export: ...
+
+    @property
+    def transformation(self) -> _Transformation: ...

@@ -243,7 +243,7 @@ def output_problems(payload: Mapping[str, Any]) -> list[str]:
     return problems + _payload_problems(payload)
 
 
-def checked_payload(
+def checked_payload(  # noqa: C901 - the per-record hot path, inlined on purpose (see its docstring)
     result: Mapping[str, Any], written: Mapping[str, str], language: Language = "mapping"
 ) -> tuple[dict[str, Any], list[str]]:
     """A transformation's output coerced to a payload (``stripe_value``), and every reason Stripe
