@@ -135,6 +135,7 @@ def print_summary(s: dict) -> None:
         ("transformed", s["transformed"]),
         ("rejected", f"{s['rejected_total']} {s['rejected'] or ''}"),
         ("duplicates", s["duplicates"]),
+        ("skipped", f"{s.get('skipped_total', 0)} {s.get('skipped') or ''}"),
         ("created", s["created"]),
         ("updated", s["updated"]),
         ("unchanged", s["unchanged"]),

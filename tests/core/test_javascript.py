@@ -286,6 +286,7 @@ def test_a_blow_up_that_crawls_at_the_memory_limit_is_stopped_by_the_time_limit(
     assert message in (
         "ran out of memory (limit 64 MB)",
         "ran out of memory (limit 64 MB; timed out after 1 s)",
+        "timed out after 1 s",  # a loaded machine: the time limit struck before the memory one
     )
     assert results[1] == {"name": "n2"}
 
