@@ -47,8 +47,8 @@ from krenalis_airflow.core.stripe_api import StripeCustomers
 from krenalis_airflow.core.sync import Syncer, SyncOptions, SyncResult
 from krenalis_airflow.core.transform.build import build_transformer
 from krenalis_airflow.core.transform.run import TransformSettings, transform_profiles
-from tests.support.fault_proxy import FaultConfig, FaultProxy, Latency, endpoint_of
-from tests.support.localstripe_process import STRIPE_TEST_KEY, LocalStripe
+from support.fault_proxy import FaultConfig, FaultProxy, Latency, endpoint_of
+from support.localstripe_process import STRIPE_TEST_KEY, LocalStripe
 
 from .stages import bench_spec
 

@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 
 from krenalis_airflow.core.ratelimit import Limits
-from tests.support.fault_proxy import Latency
+from support.fault_proxy import Latency
 
 from . import api, report, stages
 

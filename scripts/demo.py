@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.localstripe_process import STRIPE_TEST_KEY, LocalStripe  # noqa: E402
+from support.localstripe_process import STRIPE_TEST_KEY, LocalStripe  # noqa: E402
 
 DEMO = ROOT / ".demo"
 PIPELINE = "sample_customers"

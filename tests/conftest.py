@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import stripe
 
-from tests.support.localstripe_process import STRIPE_TEST_KEY, LocalStripe
+from support.localstripe_process import STRIPE_TEST_KEY, LocalStripe
 
 pytest_plugins = ["tests.support.fixtures"]  # fault_proxy, proxied_client
 
@@ -21,7 +21,7 @@ pytest_plugins = ["tests.support.fixtures"]  # fault_proxy, proxied_client
 @pytest.fixture(autouse=True)
 def stripe_contract_check(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail the test when a localstripe of this process refused one of its requests for breaking
-    Stripe's contract (``tests/support/stripe_contract.py``). Costs a ``stat`` per running server
+    Stripe's contract (``support/stripe_contract.py``). Costs a ``stat`` per running server
     (the session's, the e2e module's) unless something was refused; covers requests from Airflow
     subprocesses and through the fault proxy too, as they all reach the server."""
     marks = {server: server.mark() for server in LocalStripe.running}

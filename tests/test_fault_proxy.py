@@ -1,4 +1,4 @@
-"""The fault proxy (tests/support/fault_proxy.py), through the real stripe SDK and a real localstripe.
+"""The fault proxy (support/fault_proxy.py), through the real stripe SDK and a real localstripe.
 
 The last group pins down what stripe 16.x does with each fault by itself when
 ``max_network_retries`` > 0, which is what the sync engine's own retry policy builds on.
@@ -19,7 +19,7 @@ import pytest
 import stripe
 from stripe._http_client import HTTPClient
 
-from tests.support.fault_proxy import (
+from support.fault_proxy import (
     STATS_PATH,
     FaultConfig,
     FaultKind,
@@ -28,7 +28,7 @@ from tests.support.fault_proxy import (
     RateLimits,
     endpoint_of,
 )
-from tests.support.localstripe_process import STRIPE_TEST_KEY
+from support.localstripe_process import STRIPE_TEST_KEY
 
 pytest_plugins = ["tests.support.fixtures"]  # fault_proxy, proxied_client
 

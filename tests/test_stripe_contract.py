@@ -1,5 +1,5 @@
-"""Stripe's contract for the customer endpoints (tests/support/stripe_contract.py), and its
-enforcement by the localstripe wrapper (tests/support/localstripe_server.py).
+"""Stripe's contract for the customer endpoints (support/stripe_contract.py), and its
+enforcement by the localstripe wrapper (support/localstripe_server.py).
 
 Requests are written as the params a caller hands stripe-python and encoded by stripe-python's own
 encoder, so the decoder is tested against the real wire format along with the rules.
@@ -17,8 +17,8 @@ import pytest
 import stripe
 from stripe._encode import _api_encode
 
-from tests.support.localstripe_process import STRIPE_TEST_KEY, LocalStripe
-from tests.support.stripe_contract import check_form, decode_form, violations
+from support.localstripe_process import STRIPE_TEST_KEY, LocalStripe
+from support.stripe_contract import check_form, decode_form, violations
 
 pytest_plugins = ["pytester"]
 

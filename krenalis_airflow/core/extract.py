@@ -15,7 +15,7 @@ reads), checks every column the spec names, and compiles the filter for the sour
 (``filters.py``). The extract step and ``validate --connect`` first check the whole spec against
 the probe (``columns.check_source``, with file:line errors) and pass the probe on (``probed=``).
 The building blocks (``probe_source``, ``probe_sql``, ``columns_of``, ``column_kinds``,
-``select_sql``, ``count_sql``) stay public for callers that need them one by one.
+``count_sql``) stay public for callers that need them one by one.
 
 A source is wrapped as ``SELECT * FROM <table or (query)> AS src`` so tables and queries behave the
 same. ``probe_sql`` and ``count_sql`` take no parameters: execute them without any. The select
@@ -48,7 +48,6 @@ from krenalis_airflow.core.conditions import Group, Kind
 from krenalis_airflow.core.filters import (
     POSTGRESQL,
     SQLITE,
-    check_placeholder,
     compile_filter,
     dialect_name,
     filter_problems,
@@ -295,34 +294,6 @@ def columns_of(cursor: Any) -> list[str]:
     if cursor.description is None:
         raise ValueError("the statement returned no result columns; a source must be a SELECT")
     return [str(column[0]) for column in cursor.description]
-
-
-def select_sql(
-    source: Source,
-    group: Group | None,
-    columns: Sequence[str],
-    placeholder: str,
-    order: tuple[str, bool] | None,
-    *,
-    source_name: str = "<spec>",
-    dialect: str | None = None,
-    kinds: dict[str, Kind] | None = None,
-) -> tuple[str, list[Any]]:
-    """The extraction query and its parameters (``prepare_extraction`` probes ``kinds`` first).
-
-    Rows come ordered by ``order`` (``Export.order``: column and descending), then by the key, so
-    the order is total and the same on every run. Rows whose order column is NULL come last in
-    either direction, on every database (PostgreSQL and SQLite disagree on where NULLs sort, and
-    ``NULLS LAST`` is not portable). Every unknown column (key, order, filter) is reported in one
-    ``SpecError``.
-    """
-    check_placeholder(placeholder)
-    problems = source_problems(source, columns, order) + filter_problems(group, columns)
-    if problems:
-        raise SpecError(source_name, problems)
-    name = dialect_name(dialect, placeholder)
-    where, params = compile_filter(group, columns, placeholder, source=source_name, dialect=name, kinds=kinds)
-    return _select(source, where, order, placeholder, name), params
 
 
 def _select(

@@ -160,23 +160,6 @@ class Ledger:
         finally:
             cursor.close()
 
-    def load(self) -> dict[str, LedgerEntry]:
-        cursor = self._conn.cursor()
-        try:
-            cursor.execute(
-                "SELECT profile_key, match_value, customer_ids, payload_hash, field_hashes, status, attempts,"
-                f" error FROM {self.table}"
-                f" WHERE pipeline_id = {self._ph}",
-                (self._pipeline,),
-            )
-            entries = {}
-            while rows := cursor.fetchmany(10_000):
-                for key, match, ids, *rest in rows:
-                    entries[key] = LedgerEntry(match, tuple(ids.split(",")) if ids else (), *rest)
-            return entries
-        finally:
-            cursor.close()
-
     def record(self, entries: Mapping[str, LedgerEntry] | Iterable[tuple[str, LedgerEntry]]) -> int:
         """Upsert entries and commit. A ``synced`` entry must be one Stripe has confirmed."""
         items = list(entries.items() if isinstance(entries, Mapping) else entries)
@@ -221,9 +204,6 @@ class Ledger:
 
 class EmptyLedger:
     """The ledger of a pipeline that never ran, for a dry run that must not create the table."""
-
-    def load(self) -> dict[str, LedgerEntry]:
-        return {}
 
     def synced(self) -> dict[int, int]:
         return {}

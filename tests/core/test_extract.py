@@ -17,6 +17,7 @@ import pytest
 from krenalis_airflow.core.conditions import Group, Kind
 from krenalis_airflow.core.extract import (
     Extraction,
+    SourceColumns,
     column_kinds,
     columns_of,
     count_sql,
@@ -25,7 +26,6 @@ from krenalis_airflow.core.extract import (
     prepare_extraction,
     probe_source,
     probe_sql,
-    select_sql,
     sqlite_kind,
     statement,
 )
@@ -177,7 +177,7 @@ def test_query_source_works_like_a_table(db: Backend) -> None:
 
 
 def test_query_with_percent_semicolon_and_trailing_comment(db: Backend) -> None:
-    """psycopg reads % as a placeholder when parameters are passed: select_sql escapes it."""
+    """psycopg reads % as a placeholder when parameters are passed: the extraction escapes it."""
     query = f"""
         WITH p AS (SELECT * FROM {db.table("profiles")})
         SELECT id, email, plan, '100%' AS label FROM p WHERE email LIKE '%@example.com';  -- example users
@@ -190,8 +190,8 @@ def test_query_with_percent_semicolon_and_trailing_comment(db: Backend) -> None:
     assert cursor.fetchone()[0] == 2
     assert db.ids(source) == [2, 4]  # empty parameter list
     assert db.ids(source, group(cond("plan", "is", "pro"))) == [2]
-    sql, params = select_sql(source, None, ["id", "email", "plan", "label"], db.placeholder, None)
-    rows = list(iter_rows(db.conn.cursor(), sql, params))
+    extraction = db.extraction(source)
+    rows = list(iter_rows(db.conn.cursor(), extraction.sql, extraction.params))
     assert [row["label"] for row in rows] == ["100%", "100%"]
 
 
@@ -282,9 +282,13 @@ def test_sqlite_declared_types(declared: str, kind: Kind | None) -> None:
 
 def test_other_dialects_quote_their_way() -> None:
     source = Source(conn_id="w", table="analytics.order", key="id")
-    sql, params = select_sql(source, None, ["id"], "%s", ("id", True), dialect="mysql")
-    assert sql == "SELECT * FROM `analytics`.`order` AS src ORDER BY (`id` IS NULL), `id` DESC"
-    assert params == []
+    probed = SourceColumns(("id",), {}, "mysql")  # no MySQL here: the probe's result, given
+    extraction = prepare_extraction(
+        None, source, None, dialect="mysql", placeholder="%s", order=("id", True), probed=probed
+    )
+    assert extraction.sql == "SELECT * FROM `analytics`.`order` AS src ORDER BY (`id` IS NULL), `id` DESC"
+    assert extraction.params == []
+    assert extraction.count_sql == "SELECT COUNT(*) FROM `analytics`.`order` AS src"
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,12 +311,10 @@ def test_order_by_column_then_key_with_nulls_last(db: Backend) -> None:
 
 
 def test_filter_and_order_together(db: Backend) -> None:
-    sql, params = select_sql(
-        table_source(db), group(cond("plan", "is not", "pro")), COLUMNS, db.placeholder, ("orders", True)
-    )
-    assert sql.endswith('ORDER BY ("orders" IS NULL), "orders" DESC, "id"')
-    assert params == ["pro"]
-    assert [row["id"] for row in iter_rows(db.conn.cursor(), sql, params)] == [5, 1, 4]
+    extraction = db.extraction(table_source(db), group(cond("plan", "is not", "pro")), ("orders", True))
+    assert extraction.sql.endswith('ORDER BY ("orders" IS NULL), "orders" DESC, "id"')
+    assert extraction.params == ["pro"]
+    assert [row["id"] for row in iter_rows(db.conn.cursor(), extraction.sql, extraction.params)] == [5, 1, 4]
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,12 +324,13 @@ def test_filter_and_order_together(db: Backend) -> None:
 def test_every_unknown_column_in_one_spec_error(db: Backend) -> None:
     source = table_source(db, key="customer_id")
     with pytest.raises(SpecError) as caught:
-        select_sql(
+        prepare_extraction(
+            db.conn.cursor(),
             source,
             group(cond("plan", "is", "pro"), cond("plna", "is null")),
-            COLUMNS,
-            db.placeholder,
-            ("updated", True),
+            dialect=db.dialect,
+            placeholder=db.placeholder,
+            order=("updated", True),
             source_name="pipelines/vip.yaml",
         )
     problems = {p.path: p.message for p in caught.value.problems}
@@ -341,11 +344,15 @@ def test_every_unknown_column_in_one_spec_error(db: Backend) -> None:
 
 
 def test_duplicate_column_names_are_a_spec_error(db: Backend) -> None:
+    """SQLite renames a repeated column of a subquery (``id:1``); PostgreSQL keeps both names."""
     source = query_source(
         f"SELECT p.id, q.id, p.email FROM {db.table('profiles')} p JOIN {db.table('profiles')} q ON true"
     )
+    if db.name == "sqlite":
+        assert db.extraction(source).columns == ["id", "id:1", "email"]
+        return
     with pytest.raises(SpecError) as caught:
-        select_sql(source, None, ["id", "id", "email"], db.placeholder, None)
+        db.extraction(source)
     assert [(p.path, p.message) for p in caught.value.problems] == [
         ("source.query", "the source has more than one column named 'id'; alias them apart")
     ]
@@ -393,8 +400,8 @@ class FetchmanyOnly:
 
 def test_iter_rows_streams_with_fetchmany(db: Backend) -> None:
     cursor = FetchmanyOnly(db.conn.cursor())
-    sql, params = select_sql(table_source(db), None, COLUMNS, db.placeholder, None)
-    rows = iter_rows(cursor, sql, params, batch_size=2)
+    extraction = db.extraction(table_source(db))
+    rows = iter_rows(cursor, extraction.sql, extraction.params, batch_size=2)
     stamp = "2024-03-01 00:00:00" if db.name == "sqlite" else "2024-03-01T00:00:00"
     assert next(rows) == {"id": 1, "email": "a@x.com", "plan": "free", "orders": 3, "updated_at": stamp}
     assert cursor.batches == [2]  # lazily: one batch read for the first row
@@ -404,8 +411,8 @@ def test_iter_rows_streams_with_fetchmany(db: Backend) -> None:
 
 def test_iter_rows_of_an_empty_result(db: Backend) -> None:
     nothing = group(cond("orders", "is greater than", "1000"))
-    sql, params = select_sql(table_source(db), nothing, COLUMNS, db.placeholder, None)
-    assert list(iter_rows(db.conn.cursor(), sql, params)) == []
+    extraction = db.extraction(table_source(db), nothing)
+    assert list(iter_rows(db.conn.cursor(), extraction.sql, extraction.params)) == []
 
 
 @pytest.mark.parametrize("driver", ["psycopg2", "psycopg3"])
@@ -415,9 +422,17 @@ def test_iter_rows_with_a_server_side_cursor(pg_schema: str, driver: str) -> Non
     conn.autocommit = False  # named cursors live in a transaction
     try:
         source = Source(conn_id="warehouse", table=f"{pg_schema}.profiles", key="id")
-        sql, params = select_sql(source, group(cond("plan", "is not", "free")), COLUMNS, "%s", None)
+        extraction = prepare_extraction(
+            conn.cursor(),
+            source,
+            group(cond("plan", "is not", "free")),
+            dialect="postgresql",
+            placeholder="%s",
+            order=None,
+        )
         cursor = conn.cursor(name="krenalis_stream")
-        assert [row["id"] for row in iter_rows(cursor, sql, params, batch_size=2)] == [2, 3, 5]
+        rows = iter_rows(cursor, extraction.sql, extraction.params, batch_size=2)
+        assert [row["id"] for row in rows] == [2, 3, 5]
         cursor.close()
     finally:
         conn.rollback()

@@ -17,8 +17,7 @@ import pytest
 
 from krenalis_airflow.core.ledger import Ledger, LedgerEntry, key_digest, payload_hash, state_digest
 from krenalis_airflow.core.records import Record
-
-PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+from tests.core.warehouses import PG_DSN
 
 
 @dataclass
@@ -100,7 +99,8 @@ def test_ensure_table_creates_the_prefixed_table(db: Backend) -> None:
     assert ledger.table == f"{db.prefix}ledger"
     ledger.ensure_table()
     assert db.query(f"SELECT COUNT(*) FROM {db.table}") == [(0,)]
-    assert ledger.load() == {}
+    assert ledger.entries(list(ENTRIES)) == {}
+    assert ledger.synced() == {}
 
 
 def test_ensure_table_is_idempotent_and_keeps_rows(db: Backend) -> None:
@@ -110,18 +110,18 @@ def test_ensure_table_is_idempotent_and_keeps_rows(db: Backend) -> None:
     ledger.record(ENTRIES)
     ledger.ensure_table()
     db.ledger(conn=db.conn).ensure_table()
-    assert ledger.load() == ENTRIES
+    assert ledger.entries(list(ENTRIES)) == ENTRIES
 
 
 # --------------------------------------------------------------------------------------------
 # Round trips
 
 
-def test_record_then_load_round_trips_entries(db: Backend) -> None:
+def test_record_then_entries_round_trips_entries(db: Backend) -> None:
     ledger = db.ledger()
     ledger.ensure_table()
     assert ledger.record(ENTRIES) == 4
-    loaded = ledger.load()
+    loaded = ledger.entries(list(ENTRIES))
     assert loaded == ENTRIES
     assert loaded["p2"].customer_ids == ("cus_2", "cus_3", "cus_4")
     assert loaded["p3"].customer_ids == ()
@@ -132,7 +132,7 @@ def test_record_commits_so_another_connection_sees_the_rows(db: Backend) -> None
     db.ledger().record(ENTRIES)
     other = db.connect()
     try:
-        assert db.ledger(conn=other).load() == ENTRIES
+        assert db.ledger(conn=other).entries(list(ENTRIES)) == ENTRIES
     finally:
         other.close()
 
@@ -144,7 +144,7 @@ def test_record_accepts_pairs_and_returns_the_count(db: Backend) -> None:
     assert ledger.record(pairs) == 2
     assert ledger.record({}) == 0
     assert ledger.record([]) == 0
-    assert ledger.load() == {"k1": ENTRIES["p1"], "k2": ENTRIES["p2"]}
+    assert ledger.entries(["k1", "k2", *ENTRIES]) == {"k1": ENTRIES["p1"], "k2": ENTRIES["p2"]}
 
 
 def test_record_stores_a_utc_timestamp(db: Backend) -> None:
@@ -159,12 +159,13 @@ def test_record_stores_a_utc_timestamp(db: Backend) -> None:
     assert abs((stamp - before).total_seconds()) < 60
 
 
-def test_load_reads_more_rows_than_one_fetch(db: Backend) -> None:
+def test_reads_more_rows_than_one_fetch(db: Backend) -> None:
     ledger = db.ledger()
     ledger.ensure_table()
     many = {f"k{i:05d}": LedgerEntry(f"{i}@x.com", (f"cus_{i}",), f"{i:064d}") for i in range(10_007)}
     assert ledger.record(many) == 10_007
-    assert ledger.load() == many
+    assert ledger.synced() == {key_digest(k): state_digest(e.payload_hash) for k, e in many.items()}
+    assert ledger.entries(list(many)) == many
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,7 +178,7 @@ def test_re_recording_a_key_updates_it(db: Backend) -> None:
     ledger.record(ENTRIES)
     changed = LedgerEntry("ada.new@x.com", ("cus_9", "cus_10"), "d" * 64)
     assert ledger.record({"p1": changed}) == 1
-    assert ledger.load() == {**ENTRIES, "p1": changed}
+    assert ledger.entries(list(ENTRIES)) == {**ENTRIES, "p1": changed}
     assert db.query(f"SELECT COUNT(*) FROM {db.table} WHERE profile_key = ?", ("p1",)) == [(1,)]
     assert db.query(f"SELECT COUNT(*) FROM {db.table}") == [(4,)]
 
@@ -187,7 +188,7 @@ def test_re_recording_through_a_new_ledger_object_updates_it(db: Backend) -> Non
     db.ledger().record({"p1": ENTRIES["p1"]})
     cleared = LedgerEntry("ada@x.com", (), "")
     db.ledger().record({"p1": cleared})
-    assert db.ledger().load() == {"p1": cleared}
+    assert db.ledger().entries(list(ENTRIES)) == {"p1": cleared}
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,14 +203,16 @@ def test_entries_are_per_pipeline(db: Backend) -> None:
     entry_b = LedgerEntry("ada@other.com", ("cus_b",), "b" * 64)
     first.record({"p1": entry_a, "only_a": ENTRIES["p2"]})
     second.record({"p1": entry_b})
-    assert first.load() == {"p1": entry_a, "only_a": ENTRIES["p2"]}
-    assert second.load() == {"p1": entry_b}
-    assert db.ledger("pipe_c").load() == {}
+    keys = ["p1", "only_a"]
+    assert first.entries(keys) == {"p1": entry_a, "only_a": ENTRIES["p2"]}
+    assert second.entries(keys) == {"p1": entry_b}
+    assert db.ledger("pipe_c").entries(keys) == {}
+    assert db.ledger("pipe_c").synced() == {}
     # Updating one pipeline's row leaves the other's row with the same key alone.
     newer = LedgerEntry("ada@x.com", ("cus_a2",), "e" * 64)
     first.record({"p1": newer})
-    assert first.load()["p1"] == newer
-    assert second.load() == {"p1": entry_b}
+    assert first.entries(["p1"]) == {"p1": newer}
+    assert second.entries(keys) == {"p1": entry_b}
     assert db.query(f"SELECT COUNT(*) FROM {db.table}") == [(3,)]
 
 

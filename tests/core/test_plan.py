@@ -20,6 +20,7 @@ from krenalis_airflow.core.plan import (
 )
 from krenalis_airflow.core.spec import LoadedSpec, load_spec, parse_spec
 from krenalis_airflow.exceptions import SpecError, SpecProblem
+from tests.specs import spec_text
 
 SPEC = """\
 id: eu_customers
@@ -51,15 +52,7 @@ transformation:
     metadata.plan: plan
 """
 
-MINIMAL = """\
-id: minimal
-source: {conn_id: warehouse, table: customer_profiles, key: profile_id}
-export:
-  matching: {property: email, stripe: email}
-transformation:
-  mapping:
-    name: full_name
-"""
+MINIMAL = spec_text("valid/minimal")
 
 
 def loaded(text: str = SPEC, path: str = "x.yaml") -> LoadedSpec:
@@ -217,7 +210,7 @@ def test_doc_md_for_a_minimal_query_spec() -> None:
     assert "- **Mode**: `create_and_update`" in doc
     assert "- **Duplicate profiles**: `reject`\n" in doc
     assert "- **Destination**: Stripe connection `stripe_default`" in doc
-    assert "| `name` | `full_name` |" in doc
+    assert "| `name` | `first_name` |" in doc
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,16 +267,7 @@ def test_describe_filter_defaults_to_and() -> None:
 # --------------------------------------------------------------------------------------------
 # plan_broken
 
-BROKEN = """\
-id: my_pipeline   # the DAG id
-schedule: every now and then
-source: {conn_id: warehouse, table: customer_profiles, key: profile_id}
-export:
-  matching: {property: email, stripe: email}
-transformation:
-  mapping:
-    name: full_name
-"""
+BROKEN = spec_text("invalid/my_pipeline")  # schedule: every now and then (line 2)
 
 
 def spec_error(path: Path, text: str) -> SpecError:

@@ -22,6 +22,7 @@ from krenalis_airflow.core.spec import (
     unique_ids,
 )
 from krenalis_airflow.exceptions import SpecError, SpecProblem
+from tests.specs import spec_text
 
 EXAMPLE = """\
 id: eu_paying_customers
@@ -53,15 +54,7 @@ transformation:
     metadata.plan: plan
 """
 
-MINIMAL = """\
-id: minimal
-source: {conn_id: warehouse, table: customer_profiles, key: profile_id}
-export:
-  matching: {property: email, stripe: email}
-transformation:
-  mapping:
-    name: first_name
-"""
+MINIMAL = spec_text("valid/minimal")
 
 
 # --------------------------------------------------------------------------------------------

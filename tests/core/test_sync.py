@@ -190,7 +190,7 @@ def test_dry_run_writes_nothing_and_records_nothing(sync, stripe_client, ledger)
     )
     assert result.created == 2
     assert customers(stripe_client) == []
-    assert ledger.load() == {}
+    assert ledger.entries(["p1", "p2"]) == {}
     assert "customers.create" not in result.api_calls
 
 
@@ -227,7 +227,7 @@ def test_bad_key_fails_terminally_without_recording(stripe_url: str, ledger: Led
     opts = SyncOptions(pipeline_id="test_pipeline", mode="create_and_update", stripe_field="email")
     with pytest.raises(TerminalSyncError, match="401"):
         Syncer(StripeCustomers(client), ledger, opts).run(lambda: iter([record("p1", "a@example.com")]))
-    assert ledger.load() == {}
+    assert ledger.entries(["p1"]) == {}
 
 
 def test_partial_address_keeps_the_parts_the_pipeline_does_not_write(sync, stripe_client) -> None:
@@ -300,7 +300,7 @@ def test_a_payload_stripe_rejected_is_not_resent_until_it_changes(sync, stripe_c
     bad = record("p1", "bad@example", name="Bad")  # Stripe answers 400 email_invalid
     first = sync([bad, record("p2", "ok@example.com", name="Ok")])
     assert first.created == 1 and [r.kind for r in first.rejections] == ["rejected by Stripe"]
-    assert ledger.load()["p1"].status == "rejected"
+    assert ledger.entries(["p1"])["p1"].status == "rejected"
 
     again = sync([bad, record("p2", "ok@example.com", name="Ok")])
     assert sum(again.api_calls.values()) == 0  # reported again, not resent
@@ -308,7 +308,7 @@ def test_a_payload_stripe_rejected_is_not_resent_until_it_changes(sync, stripe_c
 
     fixed = sync([record("p1", "bad@example.com", name="Fixed"), record("p2", "ok@example.com", name="Ok")])
     assert fixed.created == 1 and not fixed.rejections
-    assert ledger.load()["p1"].status == "synced"
+    assert ledger.entries(["p1"])["p1"].status == "synced"
 
 
 class Flaky(StripeCustomers):
@@ -340,14 +340,15 @@ def test_transient_failures_are_retried_next_run_then_given_up(stripe_client, le
     outcomes = [Syncer(api, ledger, opts).run(lambda: iter(records)) for _ in range(3)]
     assert [(o.created, o.failed) for o in outcomes] == [(1, 1), (0, 1), (0, 0)]
     assert [r.kind for r in outcomes[2].rejections] == ["given up"]
-    assert ledger.load()["p1"].status == "failed" and ledger.load()["p1"].attempts == 2
+    given_up = ledger.entries(["p1"])["p1"]
+    assert given_up.status == "failed" and given_up.attempts == 2
     assert api.creates == 3  # the third run did not try again
 
     api.failing.clear()
     healed = Syncer(api, ledger, opts).run(
         lambda: iter([record("p1", "flaky@example.com", name="F2"), records[1]])
     )
-    assert healed.created == 1 and ledger.load()["p1"].status == "synced"
+    assert healed.created == 1 and ledger.entries(["p1"])["p1"].status == "synced"
 
 
 def test_a_terminal_error_mid_run_keeps_what_stripe_confirmed(stripe_client, ledger) -> None:
@@ -357,7 +358,7 @@ def test_a_terminal_error_mid_run_keeps_what_stripe_confirmed(stripe_client, led
     records = [record(f"p{i}", f"u{i}@example.com", name=f"U{i}") for i in range(8)]
     with pytest.raises(TerminalSyncError):
         Syncer(Flaky(stripe_client, set(), terminal_after=5), ledger, opts).run(lambda: iter(records))
-    recorded = ledger.load()
+    recorded = ledger.entries([r.key for r in records])
     assert len(recorded) == 5 and all(e.status == "synced" for e in recorded.values())
     assert len(customers(stripe_client)) == 5
     rest = Syncer(StripeCustomers(stripe_client), ledger, opts).run(lambda: iter(records))
@@ -494,7 +495,7 @@ def test_many_missing_ids_are_found_by_one_listing(stripe_client, ledger, monkey
 
 def test_every_writable_field_set_changed_and_cleared_in_requests_stripe_accepts(sync, stripe_client) -> None:
     """Runs every writable field through create, change and clear: the contract check of the
-    localstripe wrapper (tests/support/stripe_contract.py) fails this test on any request real
+    localstripe wrapper (support/stripe_contract.py) fails this test on any request real
     Stripe would refuse."""
     first = {
         "name": "Ada",

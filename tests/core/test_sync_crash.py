@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import stripe
 
-from tests.support.fault_proxy import FaultProxy, Latency
+from support.fault_proxy import FaultProxy, Latency
 
 ROOT = Path(__file__).resolve().parents[2]
 COUNT = 120

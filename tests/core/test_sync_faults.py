@@ -16,7 +16,7 @@ from krenalis_airflow.core.records import Record
 from krenalis_airflow.core.stripe_api import StripeCustomers
 from krenalis_airflow.core.sync import Syncer, SyncOptions, SyncResult
 from krenalis_airflow.exceptions import TerminalSyncError
-from tests.support.fault_proxy import FaultProxy, RateLimits
+from support.fault_proxy import FaultProxy, RateLimits
 
 KEY = "sk_test_krenalis"
 
@@ -137,5 +137,5 @@ def test_full_resync_recreates_a_deleted_customer_with_a_fresh_idempotency_key(
         c for c in stripe_client.v1.customers.list(params={"limit": 100}).data if c.email == "u1@example.com"
     )
     assert recreated.id != gone.id
-    ledger = Ledger(sqlite3.connect(tmp_path / "state.sqlite"), "?", "faults").load()
+    ledger = Ledger(sqlite3.connect(tmp_path / "state.sqlite"), "?", "faults").entries(["p001"])
     assert ledger["p001"].customer_ids == (recreated.id,)  # rebuilt from what Stripe holds

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.localstripe_process import STRIPE_TEST_KEY
+from support.localstripe_process import STRIPE_TEST_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))

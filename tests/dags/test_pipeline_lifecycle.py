@@ -10,8 +10,8 @@ import sqlite3
 import stripe
 
 from krenalis_airflow.core.sample_data import write_sqlite_warehouse
+from support.fault_proxy import FaultProxy
 from tests.dags.conftest import ROOT, AirflowEnv
-from tests.support.fault_proxy import FaultProxy
 
 SAMPLE = (ROOT / "dags" / "pipelines" / "sample_customers.yaml").read_text()
 

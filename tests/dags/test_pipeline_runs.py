@@ -15,21 +15,13 @@ import stripe
 from krenalis_airflow.core.dedupe import KEPT_FIRST
 from krenalis_airflow.core.sample_data import write_sqlite_warehouse
 from krenalis_airflow.core.transform.run import NO_MATCH
+from support.localstripe_process import STRIPE_TEST_KEY
 from tests.dags.conftest import ROOT, AirflowEnv
-from tests.support.localstripe_process import STRIPE_TEST_KEY
+from tests.specs import spec_text
 
 pytestmark = pytest.mark.slow
 SAMPLE = ROOT / "dags" / "pipelines" / "sample_customers.yaml"
-BROKEN = """\
-id: broken_pipeline
-source: {conn_id: warehouse, table: customer_profiles, key: profile_id}
-export:
-  matching: {property: email, stripe: email}
-transformation:
-  mapping:
-    name: first_name
-    adress.city: city
-"""
+BROKEN = spec_text("invalid/broken_pipeline")
 
 
 def stripe_customers(client: stripe.StripeClient) -> dict[str, dict]:

@@ -16,6 +16,7 @@ import pytest
 import stripe
 
 from krenalis_airflow.core.sample_data import write_sqlite_warehouse
+from support.localstripe_process import STRIPE_TEST_KEY, LocalStripe
 from tests.e2e.deployment import (
     ARTIFACTS,
     ROOT,
@@ -23,7 +24,6 @@ from tests.e2e.deployment import (
     create_metadata_database,
     drop_database,
 )
-from tests.support.localstripe_process import STRIPE_TEST_KEY, LocalStripe
 
 SPEC_CHECK = "krenalis_spec_check.py"
 

@@ -9,6 +9,7 @@ customers.
 from __future__ import annotations
 
 from tests.e2e.deployment import ROOT
+from tests.specs import spec_text
 
 SAMPLE = ROOT / "dags" / "pipelines" / "sample_customers.yaml"
 SAMPLE_COUNTRIES = ("IT", "FR", "DE", "ES", "NL")
@@ -58,15 +59,6 @@ transformation:
 
 
 # A typo in a Stripe field (line 8): the spec does not load.
-BROKEN = """\
-id: broken_pipeline
-source: {conn_id: warehouse, table: customer_profiles, key: profile_id}
-export:
-  matching: {property: email, stripe: email}
-transformation:
-  mapping:
-    name: first_name
-    adress.city: city
-"""
+BROKEN = spec_text("invalid/broken_pipeline")
 BROKEN_FILE = "broken_pipeline.yaml"  # the file name is the pipeline id
 BROKEN_MESSAGE = f"{BROKEN_FILE}:8: transformation.mapping.adress.city: unknown Stripe customer field"

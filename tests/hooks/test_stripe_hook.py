@@ -30,7 +30,7 @@ from krenalis_airflow.hooks.stripe import (
     KNOWN_EXTRAS,
     StripeHook,
 )
-from tests.support.localstripe_process import STRIPE_TEST_KEY
+from support.localstripe_process import STRIPE_TEST_KEY
 
 SECRETISH = "sk_test_SUPERSECRET0123456789"
 

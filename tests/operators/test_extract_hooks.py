@@ -23,8 +23,8 @@ from krenalis_airflow.core.conditions import Group
 from krenalis_airflow.core.extract import iter_rows, prepare_extraction
 from krenalis_airflow.core.spec import Source
 from krenalis_airflow.exceptions import SpecError
+from tests.core.warehouses import PG_DSN
 
-PG_DSN = "host=127.0.0.1 dbname=test user=postgres"
 ROWS = [
     (1, "a@x.com", "free", 5, "100.50", 1),
     (2, "b@x.com", "pro", 12, "20", 0),

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 import stripe
 
-from tests.support.fault_proxy import FaultProxy
-from tests.support.localstripe_process import STRIPE_TEST_KEY
+from support.fault_proxy import FaultProxy
+from support.localstripe_process import STRIPE_TEST_KEY
 
 
 @pytest.fixture

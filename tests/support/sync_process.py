@@ -15,7 +15,7 @@ from krenalis_airflow.core.ratelimit import Limits, RateLimiter
 from krenalis_airflow.core.records import Record
 from krenalis_airflow.core.stripe_api import StripeCustomers
 from krenalis_airflow.core.sync import Syncer, SyncOptions
-from tests.support.localstripe_process import STRIPE_TEST_KEY
+from support.localstripe_process import STRIPE_TEST_KEY
 
 
 def records(count: int) -> list[Record]:

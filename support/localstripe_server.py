@@ -1,9 +1,9 @@
-"""Run localstripe for the tests and the demo: loopback only, in memory only, on a chosen port.
+"""Run localstripe for the tests, the benchmarks and the demo: loopback only, in memory only, on a chosen port.
 
 Usage, from the repository root::
 
-    python -m tests.support.localstripe_server --port 0      # 0 = any free port
-    python tests/support/localstripe_server.py --port 8420
+    python -m support.localstripe_server --port 0      # 0 = any free port
+    python support/localstripe_server.py --port 8420
 
 Once the server accepts connections it prints exactly one line to stdout and flushes it::
 
@@ -60,8 +60,8 @@ from localstripe import resources, server
 from localstripe.errors import UserError
 
 try:
-    from tests.support import stripe_contract
-except ImportError:  # run as a script: this folder is on sys.path, the repository root may not be
+    from support import stripe_contract
+except ImportError:  # run as a script (LocalStripe does): support/ is on sys.path, the root may not be
     import stripe_contract  # type: ignore[no-redef]
 
 READY_PREFIX = "localstripe listening on "

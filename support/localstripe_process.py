@@ -1,6 +1,6 @@
 """Start, flush and stop a localstripe server (``localstripe_server.py``) in a child process.
 
-Used by the pytest fixtures in ``tests/conftest.py`` and by the demo::
+Used by the pytest fixtures in ``tests/conftest.py``, the benchmarks and the demo (``scripts/demo.py``)::
 
     with LocalStripe() as server:          # any free port
         server.flush()                     # empty the store
@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, ClassVar
 
-from tests.support.localstripe_server import READY_PREFIX
+from support.localstripe_server import READY_PREFIX
 
 SERVER_SCRIPT = Path(__file__).with_name("localstripe_server.py")
 

@@ -43,7 +43,7 @@ The cache lives as long as the proxy (Stripe keeps keys 24 hours), per API key a
 Stripe's limits for the benchmark: ``FaultConfig.stripe_like()``. In another process (the stats
 are then at ``GET /_fault_proxy/stats``)::
 
-    python -m tests.support.fault_proxy --upstream http://127.0.0.1:8420 --port 8421 --stripe-like
+    python -m support.fault_proxy --upstream http://127.0.0.1:8420 --port 8421 --stripe-like
 """
 
 from __future__ import annotations
