@@ -5,17 +5,18 @@ The parent (``run_local``) builds the warehouse, then starts one child per stage
     python -m benchmarks.stages '{"stage": "extract", ...}'
 
 and the child prints one ``RESULT {json}`` line: rows, wall and CPU seconds, and its peak RSS
-(``VmHWM``: of itself, and of its JavaScript worker). Each child calls the
-code the DAG's task calls (``krenalis_airflow/operators/steps.py``), in the same order, with plain
+(``VmHWM``: of itself, and of its JavaScript worker). Each child calls the step functions the
+DAG's tasks call (``krenalis_airflow/core/run.py``, through ``operators/steps.py``), with plain
 files where a task uses object storage, and streams through JSONL files as the tasks do:
 
-* extract: ``prepare_extraction`` probes the source, the count query runs, ``iter_rows`` streams
-  the rows into ``profiles.jsonl`` (one cursor, as ``steps.extract``; ``named_cursor`` reads the
-  rows through a PostgreSQL server-side cursor instead);
-* transform: ``build_transformer`` + ``transform_file`` → ``records.jsonl`` and rejections;
-* dedupe: ``dedupe_file`` (two passes over ``records.jsonl`` with ``keep_first``) → ``deduped.jsonl``;
-* diff: ``Syncer.run`` against a SQLite ledger that already holds every record with its current
-  payload hash, and an API stub that fails the stage if it is called (a rerun with nothing
+* extract: ``run_extract`` checks the spec's columns, counts the rows, and streams them into
+  ``profiles.jsonl`` through the plain cursor (``named_cursor``: through a PostgreSQL server-side
+  cursor, as the task does);
+* transform: ``run_transform`` (``build_transformer`` + ``transform_file``) → ``records.jsonl``
+  and rejections;
+* dedupe: ``run_dedupe`` (two passes over ``records.jsonl`` with ``keep_first``) → ``deduped.jsonl``;
+* diff: ``sync_records`` (the upsert's ``Syncer.run``) against a SQLite ledger that already holds
+  every record with its current payload hash, and an API stub that fails the stage if it is called (a rerun with nothing
   changed costs no call); ``diff_changed`` changes one record in a hundred and lets the stub answer
   at once, to time the local bookkeeping of writes (thread pool, ledger checkpoints).
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import re
 import resource
@@ -45,22 +47,29 @@ from typing import Any
 
 from benchmarks.transform_javascript import SOURCE as JAVASCRIPT
 from benchmarks.transform_mapping_python import PYTHON
-from krenalis_airflow.core import extract as sql
-from krenalis_airflow.core.dedupe import dedupe_file
 from krenalis_airflow.core.ledger import Ledger, LedgerEntry, field_hashes, payload_hash
 from krenalis_airflow.core.ratelimit import Limits, concurrency_for
-from krenalis_airflow.core.records import Record, read_records, write_jsonl
+from krenalis_airflow.core.records import Record
+from krenalis_airflow.core.run import (
+    UpsertRun,
+    records_reader,
+    run_dedupe,
+    run_extract,
+    run_transform,
+    sync_options,
+    sync_records,
+)
 from krenalis_airflow.core.sample_data import TABLE, generate_profiles, write_sqlite_warehouse
 from krenalis_airflow.core.spec import PipelineSpec, Transformation, load_spec
-from krenalis_airflow.core.sync import Syncer, SyncOptions
-from krenalis_airflow.core.transform.build import build_transformer
-from krenalis_airflow.core.transform.run import TransformSettings, transform_file
+from krenalis_airflow.core.transform.base import Transformer
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_SPEC = ROOT / "dags" / "pipelines" / "sample_customers.yaml"
 RESULT_PREFIX = "RESULT "
 CHILD_TIMEOUT = 3600.0  # seconds; a stage that takes longer is killed and reported as failed
 LEDGER_CHUNK = 10_000
+QUIET = logging.getLogger("benchmarks.stages")  # the steps' task log: not part of a stage's output
+QUIET.disabled = True
 CHANGED_EVERY = 100  # diff_changed: one record in a hundred has a new payload
 
 
@@ -89,43 +98,35 @@ def stage_extract(args: dict[str, Any]) -> dict[str, Any]:
         conn = psycopg2.connect(args["database"])
         dialect, placeholder = "postgresql", "%s"
     try:
-        cursor = conn.cursor()
-        extraction = sql.prepare_extraction(
-            cursor,
-            spec.source,
-            spec.filter,
+        done = run_extract(
+            conn,
+            spec,
+            str(SAMPLE_SPEC),
+            args["output"],
+            open,
             dialect=dialect,
             placeholder=placeholder,
-            order=spec.export.order,
-            source_name=str(SAMPLE_SPEC),
+            log=QUIET,
+            server_side=bool(args.get("named_cursor")),
         )
-        cursor.execute(extraction.count_sql)
-        total = int(cursor.fetchone()[0])
-        rows_cursor = conn.cursor(name="krenalis_extract") if args.get("named_cursor") else cursor
-        rows = sql.iter_rows(rows_cursor, extraction.sql, extraction.params)
-        with open(args["output"], "w") as out:
-            count = write_jsonl(out, rows)
     finally:
         conn.close()
-    return {"rows": count, "total": total}
+    return {"rows": done.extracted, "total": done.total}
 
 
 def stage_transform(args: dict[str, Any]) -> dict[str, Any]:
     spec = bench_spec(args["language"])
-    transformer = build_transformer(spec.transformation)
     worker_peak = 0
-    try:
-        with (
-            open(args["input"]) as src,
-            open(args["output"], "w") as ok,
-            open(args["rejections"], "w") as bad,
-        ):
-            transformed, left = transform_file(src, ok, bad, transformer, TransformSettings.of(spec))
-        worker = getattr(transformer, "worker_pid", None)  # the JavaScript worker, while it still runs
+
+    def measure(transformer: Transformer) -> None:  # the JavaScript worker, while it still runs
+        nonlocal worker_peak
+        worker = getattr(transformer, "worker_pid", None)
         if worker is not None:
             worker_peak = peak_rss(worker)
-    finally:
-        transformer.close()
+
+    files = (args["input"], args["output"], args["rejections"])
+    done = run_transform(spec, str(SAMPLE_SPEC), None, files, open, log=QUIET, before_close=measure)
+    transformed, left = done.kept, done.left
     return {
         "rows": transformed + left.rejected.total() + left.skipped.total(),
         "transformed": transformed,
@@ -134,22 +135,18 @@ def stage_transform(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _reader(path: str, change: Callable[[Record], Record] | None = None) -> Callable[[], Iterator[Record]]:
-    def records() -> Iterator[Record]:
-        with open(path) as stream:
-            for record in read_records(stream):
-                yield change(record) if change else record
-
-    return records
+def _diff_reader(path: str, changing: bool) -> Callable[[], Iterator[Record]]:
+    """The upsert's reader of ``path``; ``changing``: one record in a hundred changed on the way."""
+    records = records_reader(open, path)
+    if not changing:
+        return records
+    return lambda: map(_changed, records())
 
 
 def stage_dedupe(args: dict[str, Any]) -> dict[str, Any]:
-    export = bench_spec().export
-    with open(args["output"], "w") as ok, open(args["rejections"], "w") as bad:
-        kept, left = dedupe_file(
-            Path(args["input"]).open, ok, bad, export.duplicate_profiles, export.matching.stripe
-        )
-    dupes = left.rejected.total() + left.skipped.total()
+    files = (args["input"], args["output"], args["rejections"])
+    done = run_dedupe(bench_spec(), files, open, log=QUIET)
+    kept, dupes = done.kept, done.left_out
     return {"rows": kept + dupes, "kept": kept, "duplicates": dupes}
 
 
@@ -158,7 +155,7 @@ def stage_ledger_fill(args: dict[str, Any]) -> dict[str, Any]:
     ledger = Ledger(sqlite3.connect(args["ledger"]), "?", bench_spec().id)
     ledger.ensure_table()
     count = 0
-    records = _reader(args["input"])()
+    records = records_reader(open, args["input"])()
     while chunk := list(islice(records, LEDGER_CHUNK)):
         ledger.record(
             {
@@ -221,18 +218,12 @@ def stage_diff(args: dict[str, Any]) -> dict[str, Any]:
         ledger_path = args["ledger"] + ".changed"
         shutil.copyfile(args["ledger"], ledger_path)
     api = StubApi(answer=changing)
-    options = SyncOptions(
-        pipeline_id=spec.id,
-        mode=spec.export.mode,
-        stripe_field=spec.export.matching.stripe,
-        duplicate_customers=spec.export.duplicate_customers,
-        concurrency=concurrency_for(Limits(args.get("global_rps", 100.0), args.get("endpoint_rps", 25.0))),
-        give_up_after=spec.export.give_up_after,
-    )
+    limits = Limits(args.get("global_rps", 100.0), args.get("endpoint_rps", 25.0))
+    options = sync_options(spec, dry_run=False, full_resync=False, concurrency=concurrency_for(limits))
     connection = sqlite3.connect(ledger_path)
     start = time.perf_counter()
-    result = Syncer(api, Ledger(connection, "?", spec.id), options).run(
-        _reader(args["input"], _changed if changing else None)
+    result = sync_records(
+        api, spec, UpsertRun(connection, "?", options), _diff_reader(args["input"], changing)
     )
     elapsed = time.perf_counter() - start
     connection.close()

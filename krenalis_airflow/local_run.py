@@ -27,6 +27,7 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 
 from krenalis_airflow.core.columns import check_source, line_of, spec_lines
 from krenalis_airflow.core.records import read_jsonl
+from krenalis_airflow.core.run import outcome
 from krenalis_airflow.core.spec import PipelineSpec, load_spec
 from krenalis_airflow.exceptions import (
     CommandError,
@@ -172,7 +173,7 @@ def _upsert(run: steps.StepRun) -> dict[str, Any]:
         with written.open() as stream:
             summary: dict[str, Any] = json.load(stream)
     limit = spec.export.rejection_limit(summary["extracted"])
-    summary["outcome"] = steps._outcome(limit, summary)  # the upsert step's own rule and words
+    summary["outcome"] = outcome(limit, summary)  # the upsert step's own rule and words
     return summary
 
 

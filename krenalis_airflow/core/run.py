@@ -1,0 +1,460 @@
+"""Whole steps of a pipeline run: extract, transform, dedupe, upsert.
+
+Each step takes its files as names plus an ``OpenFile`` (``(name, mode) → stream``: object
+storage in a task, plain files in the benchmarks), a DB-API connection where it needs one, the
+customer API for the upsert, and plain settings; it returns a typed summary. The Airflow tasks
+(``operators/steps.py``), the CLI's dry runs (``local_run.py``) and the benchmarks all call these
+functions, so none of them re-wires a step. The summary, outcome and report of a run are pure
+functions of plain values, below the steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from krenalis_airflow.core.columns import check_source, mapping_problems, spec_error
+from krenalis_airflow.core.dedupe import dedupe_file
+from krenalis_airflow.core.extract import iter_rows, prepare_extraction
+from krenalis_airflow.core.history import History
+from krenalis_airflow.core.ledger import EmptyLedger, Ledger
+from krenalis_airflow.core.records import (
+    LeftOut,
+    Record,
+    Rejection,
+    read_jsonl,
+    read_records,
+    read_rejections,
+    write_jsonl,
+)
+from krenalis_airflow.core.spec import PipelineSpec
+from krenalis_airflow.core.sync import CustomerApi, LedgerStore, Syncer, SyncOptions, SyncResult
+from krenalis_airflow.core.transform.base import Transformer
+from krenalis_airflow.core.transform.build import build_transformer
+from krenalis_airflow.core.transform.run import TransformSettings, transform_file
+from krenalis_airflow.exceptions import RetryableSyncError, RunFailed
+
+OpenFile = Callable[[str, str], AbstractContextManager[IO[str]]]  # (name, mode "r" | "w") → stream
+LOGGED_REJECTIONS = 100
+NAMED_CURSOR = "krenalis_extract"
+
+
+# -- extract ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExtractSummary:
+    columns: list[str]  # what each profile holds
+    total: int  # rows in the source before the filter
+    extracted: int
+    sql: str  # the extraction as a person reads it
+
+    def xcom(self, profiles: str, started_at: str) -> dict[str, Any]:
+        return {
+            "profiles": profiles,
+            "columns": self.columns,
+            "total": self.total,
+            "extracted": self.extracted,
+            "sql": self.sql,
+            "started_at": started_at,
+        }
+
+
+def run_extract(
+    connection: Any,
+    spec: PipelineSpec,
+    spec_file: str,
+    profiles: str,
+    open_file: OpenFile,
+    *,
+    dialect: str | None,
+    placeholder: str,
+    log: logging.Logger,
+    limit: int | None = None,
+    server_side: bool = True,
+) -> ExtractSummary:
+    """Check the spec's columns against the source, count its rows, and stream at most ``limit``
+    filtered rows into ``profiles`` (through a server-side cursor where the driver has one)."""
+    cursor = connection.cursor()
+    try:
+        # Every column the spec names, checked before a row is read (as validate --connect does).
+        probed = check_source(cursor, spec, spec_file, dialect=dialect, placeholder=placeholder)
+        extraction = prepare_extraction(
+            cursor,
+            spec.source,
+            spec.filter,
+            dialect=dialect,
+            placeholder=placeholder,
+            order=spec.export.order,
+            source_name=spec_file,
+            select=selected_columns(spec),
+            probed=probed,
+        )
+        log.info("Extracting with:\n%s", extraction.display())
+        cursor.execute(extraction.count_sql)
+        total = int(cursor.fetchone()[0])
+        with streaming(connection, cursor, server_side) as rows_cursor, open_file(profiles, "w") as out:
+            rows = iter_rows(rows_cursor, extraction.sql, extraction.params)
+            count = write_jsonl(out, itertools.islice(rows, limit))
+    finally:
+        cursor.close()
+    log.info("Extracted %d of %d profiles (%d filtered out)", count, total, total - count)
+    return ExtractSummary(extraction.columns, total, count, extraction.display())
+
+
+@contextlib.contextmanager
+def streaming(connection: Any, cursor: Any, server_side: bool = True) -> Iterator[Any]:
+    """A server-side cursor where the driver has one (psycopg: rows arrive in batches instead of
+    all at ``execute``), else the plain cursor (sqlite3 already steps through rows lazily)."""
+    if not server_side:
+        yield cursor
+        return
+    try:
+        named = connection.cursor(name=NAMED_CURSOR)
+    except TypeError:  # DB-API drivers without named cursors
+        yield cursor
+        return
+    try:
+        yield named
+    finally:
+        named.close()
+
+
+def selected_columns(spec: PipelineSpec) -> list[tuple[str, str]]:
+    """With ``transformation.inputs``, read only those columns (plus what the pipeline itself needs)."""
+    inputs = spec.transformation.inputs
+    if inputs is None:
+        return []
+    needed = [("source.key", spec.source.key), ("export.matching.property", spec.export.matching.property)]
+    if spec.export.order is not None:
+        needed.append(("export.order_by", spec.export.order[0]))
+    return needed + [(f"transformation.inputs[{i}]", name) for i, name in enumerate(inputs)]
+
+
+# -- transform ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepSummary:
+    """What a transform or dedupe step kept, and what it left out."""
+
+    kept: int
+    left: LeftOut
+
+    @property
+    def left_out(self) -> int:
+        return self.left.rejected.total() + self.left.skipped.total()
+
+
+def run_transform(
+    spec: PipelineSpec,
+    spec_file: str,
+    columns: Sequence[str] | None,
+    files: tuple[str, str, str],
+    open_file: OpenFile,
+    *,
+    log: logging.Logger,
+    search_path: Sequence[Path] | None = None,
+    before_close: Callable[[Transformer], None] | None = None,
+) -> StepSummary:
+    """Transform the profiles of ``files`` (profiles, records, rejections) with the spec's
+    transformation. ``columns``: those of the extracted profiles, checked against the mapping
+    before anything is written (None: not checked). ``search_path`` defaults to the spec's
+    folder's parent. ``before_close`` sees the transformer once done, before it is closed."""
+    profiles, records, rejections = files
+    transformation = spec.transformation
+    if columns is not None:
+        check_columns(spec, spec_file, columns)
+    paths = [Path(spec_file).parent.parent] if search_path is None else list(search_path)
+    transformer = build_transformer(transformation, search_path=paths)
+    try:
+        with (
+            open_file(profiles, "r") as src,
+            open_file(records, "w") as ok,
+            open_file(rejections, "w") as bad,
+        ):
+            transformed, left = transform_file(src, ok, bad, transformer, TransformSettings.of(spec))
+        if before_close is not None:
+            before_close(transformer)
+    finally:
+        transformer.close()
+    log_rejections(open_file, rejections, log)
+    log.info(
+        "Transformed %d profiles (%s), rejected %d, skipped %d",
+        transformed,
+        transformation.language,
+        left.rejected.total(),
+        left.skipped.total(),
+    )
+    return StepSummary(transformed, left)
+
+
+def check_columns(spec: PipelineSpec, spec_file: str, columns: Sequence[str]) -> None:
+    """Fail before anything is written when a mapping reads columns the extracted profiles lack
+    (the extract step checked them against the source; its output may be older than the spec)."""
+    if problems := mapping_problems(spec.transformation, sorted(set(columns))):
+        raise spec_error(spec_file, problems)
+
+
+# -- dedupe -------------------------------------------------------------------------------------
+
+
+def run_dedupe(
+    spec: PipelineSpec, files: tuple[str, str, str], open_file: OpenFile, *, log: logging.Logger
+) -> StepSummary:
+    """Keep one record per matching value of ``files`` (records, kept, duplicates), as the
+    spec's ``duplicate_profiles`` says."""
+    records, kept, duplicates = files
+    export = spec.export
+    with open_file(kept, "w") as ok, open_file(duplicates, "w") as bad:
+        count, left = dedupe_file(
+            lambda: open_file(records, "r"), ok, bad, export.duplicate_profiles, export.matching.stripe
+        )
+    log_rejections(open_file, duplicates, log)
+    done = StepSummary(count, left)
+    log.info(
+        "%d profiles left after dedupe; %d duplicates %s (duplicate_profiles: %s)",
+        count,
+        done.left_out,
+        "skipped" if export.duplicate_profiles == "keep_first" else "rejected",
+        export.duplicate_profiles,
+    )
+    return done
+
+
+def carried(upstream: Mapping[str, Any], left: LeftOut, rejections: str) -> dict[str, Any]:
+    """The upstream's rejections and skips (by kind / reason), with ``left``'s merged in, and the
+    rejection files so far with this step's ``rejections``."""
+    return {
+        "rejected": dict(Counter(upstream.get("rejected", {})) + left.rejected),
+        "skipped": dict(Counter(upstream.get("skipped", {})) + left.skipped),
+        "skipped_samples": [*upstream.get("skipped_samples", []), *left.samples],
+        "rejection_files": [*upstream.get("rejection_files", []), rejections],
+    }
+
+
+# -- upsert -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpsertFiles:
+    deduped: str  # the records to sync
+    rejections: str  # rejected-upsert.jsonl
+    summary: str  # summary.json
+
+
+@dataclass(frozen=True)
+class UpsertSummary:
+    """The run's summary (the XCom value, summary.json, the history row) and its outcome."""
+
+    summary: dict[str, Any]
+    failed: int
+
+    @property
+    def outcome(self) -> str:
+        return str(self.summary["outcome"])
+
+    def error(self) -> RetryableSyncError | RunFailed | None:
+        """What fails the task: transient failures can be retried (just those are resent);
+        rejections need the data fixed first. None on success."""
+        if self.outcome == "success":
+            return None
+        error = RetryableSyncError if self.failed else RunFailed
+        return error(f"{self.outcome}; see the summary above and {self.summary['rejection_files'][-1]}")
+
+
+@dataclass(frozen=True)
+class UpsertRun:
+    """Where the upsert's state lives and how this run goes."""
+
+    connection: Any  # DB-API connection to the state database (ledger, history)
+    placeholder: str
+    options: SyncOptions
+    run_id: str = "local"
+
+
+def sync_options(spec: PipelineSpec, *, dry_run: bool, full_resync: bool, concurrency: int) -> SyncOptions:
+    export = spec.export
+    return SyncOptions(
+        pipeline_id=spec.id,
+        mode=export.mode,
+        stripe_field=export.matching.stripe,
+        duplicate_customers=export.duplicate_customers,
+        dry_run=dry_run,
+        full_resync=full_resync,
+        concurrency=concurrency,
+        give_up_after=export.give_up_after,
+    )
+
+
+def records_reader(open_file: OpenFile, name: str) -> Callable[[], Iterator[Record]]:
+    """The records of ``name``, read afresh at each call."""
+
+    def records() -> Iterator[Record]:
+        with open_file(name, "r") as stream:
+            yield from read_records(stream)
+
+    return records
+
+
+def sync_records(
+    api: CustomerApi, spec: PipelineSpec, state: UpsertRun, records: Callable[[], Iterator[Record]]
+) -> SyncResult:
+    """``Syncer.run`` against the pipeline's ledger; a dry run creates nothing, not even the table."""
+    ledger = Ledger(state.connection, state.placeholder, spec.id, spec.state.table_prefix)
+    store: LedgerStore = ledger
+    if not state.options.dry_run:
+        ledger.ensure_table()
+    elif not ledger.exists():
+        store = EmptyLedger()
+    return Syncer(api, store, state.options).run(records)
+
+
+def run_upsert(
+    api: CustomerApi,
+    spec: PipelineSpec,
+    state: UpsertRun,
+    upstream: Mapping[str, Any],
+    files: UpsertFiles,
+    open_file: OpenFile,
+    *,
+    log: logging.Logger,
+    retried: Mapping[str, int] | None = None,
+) -> UpsertSummary:
+    """Sync the deduped records, write the upsert's rejections and the summary, log the report,
+    and (unless a dry run) record the run in the history. ``retried``: the API's count of retried
+    calls by endpoint (read once the sync is done)."""
+    dry_run = state.options.dry_run
+    result = sync_records(api, spec, state, records_reader(open_file, files.deduped))
+    with open_file(files.rejections, "w") as out:
+        write_jsonl(out, result.rejections)
+    summary = run_summary(
+        upstream,
+        result,
+        retried or {},
+        pipeline=spec.id,
+        dry_run=dry_run,
+        full_resync=state.options.full_resync,
+    )
+    summary["rejection_files"] = [*upstream["rejection_files"], files.rejections]
+    with open_file(files.summary, "w") as out:
+        json.dump(summary, out, indent=2)
+    summary["outcome"] = outcome(spec.export.rejection_limit(summary["extracted"]), summary)
+    log.info("%s", report(summary, dry_run))
+    if skipped := summary["samples"].get("skipped"):
+        listed = "\n".join(f"  {sample}" for sample in skipped)
+        log.info("Skipped by the spec's rules (not counted as rejected), e.g.:\n%s", listed)
+    log_rejections(open_file, files.rejections, log)
+    if not dry_run:
+        history = History(state.connection, state.placeholder, spec.id, spec.state.table_prefix)
+        history.ensure_tables()
+        history.record_rejections(state.run_id, _rejections(open_file, summary["rejection_files"]))
+        history.record_run(state.run_id, upstream.get("started_at", ""), summary, summary["outcome"])
+    return UpsertSummary(summary, result.failed)
+
+
+def _rejections(open_file: OpenFile, names: Sequence[str]) -> Iterator[Rejection]:
+    for name in names:
+        with open_file(name, "r") as stream:
+            yield from read_rejections(stream)
+
+
+# -- summary, outcome, report (pure) ------------------------------------------------------------
+
+
+def run_summary(
+    upstream: Mapping[str, Any],
+    result: SyncResult,
+    retried: Mapping[str, int],
+    *,
+    pipeline: str,
+    dry_run: bool,
+    full_resync: bool,
+) -> dict[str, Any]:
+    """The whole run's counts: the upstream steps' (from XCom) and the sync's, skips and
+    rejections merged by reason and kind. ``rejection_files`` is the upstream's."""
+    up = upstream
+    rejected = Counter(up["rejected"])
+    rejected.update(r.kind for r in result.rejections)
+    skipped = Counter(up.get("skipped", {}))  # every step's skips, merged by reason
+    skipped.update(result.skipped)
+    samples = dict(result.samples)
+    if up.get("skipped_samples"):
+        samples["skipped"] = [*up["skipped_samples"], *samples.get("skipped", [])]
+    return {
+        "pipeline": pipeline,
+        "sql": up["sql"],
+        "dry_run": dry_run,
+        "full_resync": full_resync,
+        "extracted": up["extracted"],
+        "filtered_out": up["total"] - up["extracted"],
+        "transformed": up["transformed"],
+        "rejected": dict(rejected),
+        "rejected_total": rejected.total(),
+        "duplicates": up["duplicates"],
+        "created": result.created,
+        "updated": result.updated,
+        "unchanged": result.unchanged,
+        "skipped": dict(skipped),
+        "skipped_total": skipped.total(),
+        "failed": result.failed,
+        "api_calls": dict(result.api_calls),
+        "retried": dict(retried),
+        "samples": samples,
+        "rejection_files": list(up["rejection_files"]),
+    }
+
+
+def outcome(limit: int, summary: Mapping[str, Any]) -> str:
+    """Only problems count against ``export.max_rejected``: rejected and failed profiles. Skipped
+    ones (``keep_first``, ``update_only``, ``create_only`` at work) never turn a run red."""
+    bad = summary["rejected_total"] + summary["failed"]
+    if bad <= limit:
+        return "success"
+    skipped = summary.get("skipped_total", 0)
+    return (
+        f"failed: {summary['rejected_total']} rejected + {summary['failed']} failed profiles exceed "
+        f"export.max_rejected ({limit} for {summary['extracted']} extracted)"
+        + (f"; skipped profiles ({skipped}) do not count" if skipped else "")
+    )
+
+
+def report(summary: Mapping[str, Any], dry_run: bool) -> str:
+    """The summary as a table a person reads in the task log."""
+    would = "would be " if dry_run else ""
+    rows = [
+        ("extracted", summary["extracted"], f"filtered out {summary['filtered_out']}"),
+        ("transformed", summary["transformed"], ""),
+        ("rejected", summary["rejected_total"], summary["rejected"] or ""),
+        ("duplicates", summary["duplicates"], ""),
+        (f"{would}created", summary["created"], ""),
+        (f"{would}updated", summary["updated"], ""),
+        ("unchanged", summary["unchanged"], ""),
+        ("skipped", summary["skipped_total"], summary["skipped"] or ""),
+        ("failed", summary["failed"], ""),
+        ("Stripe API calls", sum(summary["api_calls"].values()), summary["api_calls"] or ""),
+        ("retried calls", sum(summary["retried"].values()), summary["retried"] or ""),
+    ]
+    title = f"Pipeline {summary['pipeline']}" + (" (DRY RUN: nothing written)" if dry_run else "")
+    table = "\n".join(f"  {name:<18}{count:>8}  {detail}".rstrip() for name, count, detail in rows)
+    return f"Sync summary — {title}\n{table}"
+
+
+def log_rejections(open_file: OpenFile, name: str, log: logging.Logger) -> None:
+    """Up to ``LOGGED_REJECTIONS`` rejected profiles of ``name``, one warning each."""
+    shown = 0
+    with open_file(name, "r") as stream:
+        for data in read_jsonl(stream):
+            if shown == LOGGED_REJECTIONS:
+                log.warning("… more rejected profiles in %s", name)
+                return
+            log.warning("Rejected profile %s (%s): %s", data["key"], data["step"], data["reason"])
+            shown += 1
