@@ -32,6 +32,7 @@ DEFAULT_ARGS = {"owner": "krenalis", "retries": 2}
 
 
 def pipelines_dir(default: str | Path) -> Path:
+    """The pipelines folder: ``$KRENALIS_PIPELINES_DIR`` if set, else ``default``."""
     return Path(os.environ.get("KRENALIS_PIPELINES_DIR") or default)
 
 
@@ -95,6 +96,7 @@ def build_dags(folder: str | Path) -> dict[str, DAG]:
 
 
 def render(plan: PipelinePlan) -> DAG:
+    """Build the Airflow DAG of a valid spec from its plan."""
     with DAG(
         dag_id=plan.dag_id,
         description=plan.description,
@@ -143,6 +145,7 @@ def _fail(message: str) -> Any:
 
 
 def render_broken(plan: BrokenPlan) -> DAG:
+    """Build the stand-in DAG of a broken spec, whose one task fails with the error."""
     from airflow.providers.standard.operators.python import PythonOperator
 
     with DAG(

@@ -69,6 +69,7 @@ class InitReport:
 
     @property
     def pipelines(self) -> Path:
+        """The pipelines folder inside the DAGs folder."""
         return self.folder / PIPELINES_FOLDER
 
 

@@ -76,6 +76,7 @@ class SpecProblem:
     line: int | None = None
 
     def render(self, source: str) -> str:
+        """The problem as ``file:line: path: message``, for ``source`` the spec file."""
         where = f"{source}:{self.line}" if self.line else source
         key = f" {self.path}:" if self.path else ""
         return f"{where}:{key} {self.message}"

@@ -165,6 +165,7 @@ def with_lines(problems: Iterable[SpecProblem], lines: Lines) -> list[SpecProble
 
 
 def line_of(path: str, lines: Lines) -> int | None:
+    """The line of ``path`` in the spec, or of its nearest parent that has one."""
     keys = key_path(path)
     for depth in range(len(keys), 0, -1):
         if (line := lines.get(keys[:depth])) is not None:

@@ -165,6 +165,7 @@ class Group(Model):
     ] = Field(min_length=1)
 
     def properties(self) -> Iterator[str]:
+        """Every property the group's conditions read, nested groups included."""
         for item in self.conditions:
             yield from item.properties() if isinstance(item, Group) else (item.property,)
 
@@ -196,12 +197,14 @@ def parse_value(kind: Kind, text: str) -> Any:
 
 
 def parse_integer(text: str) -> int:
+    """A condition's value as an integer; ValueError names the bad text."""
     if not _INTEGER.match(text):
         raise ValueError(f"{_show(text)} is not a whole number")
     return int(text)
 
 
 def parse_number(text: str) -> Decimal:
+    """A condition's value as an exact Decimal; ValueError names the bad text."""
     if not _NUMBER.match(text):
         raise ValueError(f"{_show(text)} is not a number")
     try:
@@ -211,6 +214,7 @@ def parse_number(text: str) -> Decimal:
 
 
 def parse_boolean(text: str) -> bool:
+    """A condition's ``true``/``false`` (any case); ValueError names the bad text."""
     try:
         return _BOOLEANS[text.lower()]
     except KeyError:
@@ -218,6 +222,7 @@ def parse_boolean(text: str) -> bool:
 
 
 def parse_date(text: str) -> dt.date:
+    """A condition's YYYY-MM-DD value; ValueError names the bad text."""
     try:
         if _DATE.match(text):
             return dt.date.fromisoformat(text)
@@ -245,6 +250,7 @@ def parse_timestamp_tz(text: str) -> dt.datetime:
 
 
 def parse_uuid(text: str) -> str:
+    """A condition's UUID in canonical form, so comparisons ignore case and braces."""
     try:
         return str(uuid.UUID(text))
     except ValueError:

@@ -39,11 +39,15 @@ Policy = Literal["reject", "keep_first"]
 
 
 class Keyed(Protocol):
-    @property
-    def key(self) -> str: ...
+    """What deduplication reads of a record: its key and its matching value."""
 
     @property
-    def match(self) -> str: ...
+    def key(self) -> str:
+        """The profile key, named in rejections."""
+
+    @property
+    def match(self) -> str:
+        """The matching value; records sharing it are duplicates."""
 
 
 K = TypeVar("K", bound=Keyed)
@@ -130,11 +134,8 @@ def dedupe_file(
             verdict = duplicates.verdict(found.key, found.match)
             if verdict is None:
                 ok.write_line(line)
-            elif isinstance(verdict, Rejection):
-                left.rejected[verdict.kind] += 1
-                bad.write(verdict)
             else:
-                left.skip(verdict)
+                left.leave_out(verdict, bad)
     return ok.count, left
 
 

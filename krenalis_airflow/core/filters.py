@@ -176,6 +176,7 @@ def quote_identifier(name: str, dialect: Dialect | None = None) -> str:
 
 
 def check_placeholder(placeholder: str) -> None:
+    """Refuse a DB-API placeholder style the SQL builder cannot write."""
     if placeholder not in PLACEHOLDERS:
         raise ValueError(f"unsupported placeholder {placeholder!r}; use one of {', '.join(PLACEHOLDERS)}")
 

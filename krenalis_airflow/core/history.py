@@ -31,6 +31,8 @@ RUN_COUNTS = (
 
 
 class History:
+    """Writes a pipeline's run and rejection rows over a DB-API connection."""
+
     def __init__(self, connection: Any, placeholder: str, pipeline_id: str, table_prefix: str = "krenalis_"):
         self._conn = connection
         self._ph = placeholder
@@ -39,6 +41,7 @@ class History:
         self.rejections = f"{table_prefix}rejections"
 
     def ensure_tables(self) -> None:
+        """Create the runs and rejections tables if they are missing."""
         counts = "".join(f" {name} INTEGER NOT NULL," for name in RUN_COUNTS)
         self._execute(
             f"CREATE TABLE IF NOT EXISTS {self.runs} ("
@@ -57,6 +60,7 @@ class History:
         self._conn.commit()
 
     def record_run(self, run_id: str, started_at: str, summary: dict[str, Any], outcome: str) -> None:
+        """Add the row of one finished run, with its counts and outcome."""
         values = {
             "pipeline_id": self._pipeline,
             "run_id": run_id,
@@ -78,6 +82,7 @@ class History:
         self._conn.commit()
 
     def record_rejections(self, run_id: str, rejections: Iterable[Rejection]) -> int:
+        """Replace the run's rejection rows with ``rejections``; returns how many were written."""
         self._execute(
             f"DELETE FROM {self.rejections} WHERE pipeline_id = {self._ph} AND run_id = {self._ph}",
             (self._pipeline, run_id),

@@ -38,6 +38,7 @@ class LedgerEntry:
     error: str = ""
 
     def fields(self) -> dict[str, str]:
+        """The per-field hashes of the last write, by field (empty for an old row)."""
         return dict(json.loads(self.field_hashes)) if self.field_hashes else {}
 
 
@@ -74,10 +75,12 @@ def field_hashes(payload: Mapping[str, Any]) -> str:
 
 
 def key_digest(key: str) -> int:
+    """A 64-bit digest of a profile key, so the synced set stays small in memory."""
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
 
 
 def state_digest(payload_hash: str) -> int:
+    """A 64-bit digest of a payload hash, to compare with the synced set."""
     return int(payload_hash[:16], 16)
 
 
@@ -91,6 +94,7 @@ class Ledger:
         self.table = f"{table_prefix}ledger"
 
     def ensure_table(self) -> None:
+        """Create the ledger table (and its index) if it is missing."""
         self._execute(
             f"CREATE TABLE IF NOT EXISTS {self.table} ("
             " pipeline_id VARCHAR(250) NOT NULL,"
@@ -206,10 +210,13 @@ class EmptyLedger:
     """The ledger of a pipeline that never ran, for a dry run that must not create the table."""
 
     def synced(self) -> dict[int, int]:
+        """Nothing was synced before."""
         return {}
 
     def entries(self, keys: Sequence[str]) -> dict[str, LedgerEntry]:
+        """No key has a ledger row."""
         return {}
 
     def record(self, entries: Mapping[str, LedgerEntry]) -> int:
+        """Refuse: a dry run must never write the ledger."""
         raise AssertionError("a dry run records nothing")

@@ -6,4 +6,6 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Model(BaseModel):
+    """Base of the spec models: unknown keys are errors and parsed specs are immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -29,6 +29,8 @@ DISABLED_PREFIX = "Disabled in spec — "
 
 @dataclass(frozen=True)
 class StepPlan:
+    """One task of a pipeline's DAG: its step, upstream task and doc."""
+
     task_id: str
     step: str
     upstream: str | None
@@ -37,6 +39,8 @@ class StepPlan:
 
 @dataclass(frozen=True)
 class PipelinePlan:
+    """Everything needed to render a valid spec as a DAG, decided without Airflow."""
+
     dag_id: str
     spec: PipelineSpec
     spec_file: str
@@ -50,6 +54,8 @@ class PipelinePlan:
 
 @dataclass(frozen=True)
 class BrokenPlan:
+    """A DAG standing in for a spec that failed to load, so the error shows in the UI."""
+
     dag_id: str
     spec_file: str
     description: str
@@ -146,6 +152,7 @@ def describe(spec: PipelineSpec, path: Path) -> str:
 
 
 def describe_filter(group: Group) -> str:
+    """The filter as a person reads it, nested groups in parentheses."""
     parts = [
         f"({describe_filter(item)})" if isinstance(item, Group) else _describe_condition(item)
         for item in group.conditions

@@ -21,6 +21,8 @@ ENDPOINT_RATE = 25.0
 
 @dataclass(frozen=True)
 class Limits:
+    """Request rates the sync keeps under, for the account and per endpoint."""
+
     global_rate: float  # requests per second for the whole account
     endpoint_rate: float  # requests per second per endpoint
 
@@ -28,10 +30,12 @@ class Limits:
     def for_mode(
         cls, mode: str, global_rate: float | None = None, endpoint_rate: float | None = None
     ) -> Limits:
+        """Stripe's documented rates for live or test mode, unless overridden."""
         default = LIVE_RATE if mode == "live" else TEST_RATE
         return cls(global_rate or default, endpoint_rate or min(ENDPOINT_RATE, global_rate or default))
 
     def describe(self) -> str:
+        """The limits as a log line."""
         return f"{self.global_rate:g} requests/s in all, {self.endpoint_rate:g}/s per endpoint"
 
 
@@ -86,6 +90,7 @@ class RateLimiter:
         self.waited = 0.0  # seconds spent waiting for tokens, summed over threads (benchmarks read it)
 
     def acquire(self, endpoint: str) -> None:
+        """Block until a request to ``endpoint`` fits both the global and the endpoint rate."""
         with self._lock:
             if (bucket := self._endpoints.get(endpoint)) is None:
                 bucket = self._endpoints[endpoint] = TokenBucket(self._endpoint_rate(), clock=self._clock)

@@ -68,9 +68,18 @@ class LeftOut:
     samples: list[str] = field(default_factory=list)  # "key: detail" of the first SAMPLES skips
 
     def skip(self, item: Skip) -> None:
+        """Count a skip by its reason, naming the first few profiles."""
         self.skipped[item.reason] += 1
         if len(self.samples) < SAMPLES:
             self.samples.append(f"{item.key}: {item.detail or item.reason}")
+
+    def leave_out(self, item: Rejection | Skip, rejections: JsonlWriter) -> None:
+        """Count ``item``; a rejection is also written to the step's ``rejections`` file."""
+        if isinstance(item, Rejection):
+            self.rejected[item.kind] += 1
+            rejections.write(item)
+        else:
+            self.skip(item)
 
 
 class Keys(msgspec.Struct, frozen=True):
@@ -108,6 +117,7 @@ class JsonlWriter:
         self._lines = 0  # lines in _text
 
     def write(self, item: Item) -> None:
+        """Queue an item; full chunks are encoded and written."""
         self._items.append(item)
         if len(self._items) >= LINES_PER_CALL:
             self._encode()
@@ -128,6 +138,7 @@ class JsonlWriter:
         self._items.clear()
 
     def flush(self) -> None:
+        """Encode what is queued and write everything out."""
         if self._items:
             self._encode()
         if self._text:
@@ -147,6 +158,7 @@ class JsonlWriter:
 
 
 def write_jsonl(stream: IO[str], items: Iterable[Item]) -> int:
+    """Write ``items`` as JSON lines, a chunk at a time; returns how many."""
     count = 0
     iterator = iter(items)
     while chunk := list(islice(iterator, LINES_PER_CALL)):
@@ -194,14 +206,17 @@ def _decode(decoder: msgspec.json.Decoder[T], text: str, number: int) -> list[T]
 
 
 def read_jsonl(stream: IO[str]) -> Iterator[dict[str, Any]]:
+    """Each JSON line as a dict."""
     return _decoded(stream, _DICTS)
 
 
 def read_records(stream: IO[str]) -> Iterator[Record]:
+    """Each JSON line as a ``Record``."""
     return _decoded(stream, _RECORDS)
 
 
 def read_rejections(stream: IO[str]) -> Iterator[Rejection]:
+    """Each JSON line as a ``Rejection``."""
     return _decoded(stream, _REJECTIONS)
 
 

@@ -20,6 +20,7 @@ class RedactKeys(logging.Filter):
     """Rewrite a log record whose message carries anything shaped like a Stripe key."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Redact the message in place; never drops the record."""
         message = record.getMessage()
         cleaned = redact(message)
         if cleaned != message:

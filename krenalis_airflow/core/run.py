@@ -52,12 +52,15 @@ NAMED_CURSOR = "krenalis_extract"
 
 @dataclass(frozen=True)
 class ExtractSummary:
+    """What the extract step read, and the SQL it ran."""
+
     columns: list[str]  # what each profile holds
     total: int  # rows in the source before the filter
     extracted: int
     sql: str  # the extraction as a person reads it
 
     def xcom(self, profiles: str, started_at: str) -> dict[str, Any]:
+        """The extract step's XCom: the summary with the profiles file and the start time."""
         return {
             "profiles": profiles,
             "columns": self.columns,
@@ -151,6 +154,7 @@ class StepSummary:
 
     @property
     def left_out(self) -> int:
+        """How many records the step rejected or skipped."""
         return self.left.rejected.total() + self.left.skipped.total()
 
 
@@ -246,6 +250,8 @@ def carried(upstream: Mapping[str, Any], left: LeftOut, rejections: str) -> dict
 
 @dataclass(frozen=True)
 class UpsertFiles:
+    """Where the upsert step writes its outputs."""
+
     deduped: str  # the records to sync
     rejections: str  # rejected-upsert.jsonl
     summary: str  # summary.json
@@ -260,6 +266,7 @@ class UpsertSummary:
 
     @property
     def outcome(self) -> str:
+        """The run's outcome as written in the summary (``success`` or why not)."""
         return str(self.summary["outcome"])
 
     def error(self) -> RetryableSyncError | RunFailed | None:
@@ -282,6 +289,7 @@ class UpsertRun:
 
 
 def sync_options(spec: PipelineSpec, *, dry_run: bool, full_resync: bool, concurrency: int) -> SyncOptions:
+    """The sync's options from the spec and the run's flags."""
     export = spec.export
     return SyncOptions(
         pipeline_id=spec.id,

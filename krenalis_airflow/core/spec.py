@@ -60,6 +60,8 @@ YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoade
 
 
 class Source(Model):
+    """Where profiles come from: a table or a query on a SQL connection, and their key column."""
+
     conn_id: str
     table: str | None = None
     query: str | None = None
@@ -79,10 +81,14 @@ class Source(Model):
 
 
 class Destination(Model):
+    """The Airflow connection to the Stripe account."""
+
     conn_id: str = "stripe_default"
 
 
 class Matching(Model):
+    """Which profile property identifies a Stripe customer, and by which Stripe field."""
+
     property: str
     stripe: str
 
@@ -95,10 +101,13 @@ class Matching(Model):
 
     @builtins.property  # the field named "property" shadows the builtin inside this class
     def metadata_key(self) -> str | None:
+        """The metadata key matched on, or None when matching on a built-in field."""
         return self.stripe.removeprefix("metadata.") if self.stripe.startswith("metadata.") else None
 
 
 class Export(Model):
+    """How profiles are written to Stripe: the mode, matching, duplicates and failure limits."""
+
     mode: Literal["create_only", "update_only", "create_and_update"] = "create_and_update"
     matching: Matching
     duplicate_profiles: Literal["reject", "keep_first"] = "reject"
@@ -163,6 +172,7 @@ class Transformation(Model):
 
     @builtins.property
     def language(self) -> Literal["mapping", "javascript", "python"]:
+        """Which of the three transformation kinds this spec uses."""
         return (
             "mapping"
             if self.mapping is not None
@@ -243,6 +253,8 @@ class State(Model):
 
 
 class PipelineSpec(Model):
+    """A whole pipeline spec, as read from its YAML file."""
+
     # The file name is the pipeline's identity (like a dbt model's): ``load_spec`` fills ``id``
     # from it and refuses a written ``id`` that differs (see ``_identity_problems``).
     id: str = Field(
@@ -286,6 +298,7 @@ class PipelineSpec(Model):
 
     @property
     def state_conn_id(self) -> str:
+        """The connection holding the ledger and history: ``state.conn_id``, else the source's."""
         return self.state.conn_id or self.source.conn_id
 
     @property
@@ -334,6 +347,8 @@ def spec_schema() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class LoadedSpec:
+    """A spec with the file it was loaded from."""
+
     path: Path
     spec: PipelineSpec
 

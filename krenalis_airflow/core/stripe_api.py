@@ -106,6 +106,7 @@ class StripeCustomers:
             params = {"limit": 100, "starting_after": page.data[-1].id}
 
     def retrieve(self, customer_id: str) -> dict[str, Any]:
+        """The customer's fields; raises if it does not exist."""
         customer = self._call(
             "customers.retrieve",
             lambda: self._client.v1.customers.retrieve(customer_id, options=NO_SDK_RETRIES),
@@ -121,6 +122,7 @@ class StripeCustomers:
         return None if customer.get("deleted") else customer
 
     def create(self, params: dict[str, Any], idempotency_key: str) -> str:
+        """Create a customer (idempotently) and return its id."""
         options: RequestOptions = {**NO_SDK_RETRIES, "idempotency_key": idempotency_key}
         customer = self._call(
             "customers.create",
@@ -129,6 +131,7 @@ class StripeCustomers:
         return str(customer.id)
 
     def update(self, customer_id: str, params: dict[str, Any]) -> str:
+        """Update a customer's fields and return its id."""
         customer = self._call(
             "customers.update",
             lambda: self._client.v1.customers.update(customer_id, params=params, options=NO_SDK_RETRIES),  # type: ignore[arg-type]

@@ -71,23 +71,43 @@ Index = Mapping[str, Sequence[dict[str, Any]]]  # normalised matching value → 
 
 
 class CustomerApi(Protocol):
+    """The Stripe customer calls the sync makes; faked in tests."""
+
     calls: Counter[str]
 
-    def list_all(self) -> Iterator[dict[str, Any]]: ...
-    def retrieve(self, customer_id: str) -> dict[str, Any]: ...
-    def find(self, customer_id: str) -> dict[str, Any] | None: ...
-    def create(self, params: dict[str, Any], idempotency_key: str) -> str: ...
-    def update(self, customer_id: str, params: dict[str, Any]) -> str: ...
+    def list_all(self) -> Iterator[dict[str, Any]]:
+        """Every customer in the account."""
+
+    def retrieve(self, customer_id: str) -> dict[str, Any]:
+        """The customer's fields; raises if it does not exist."""
+
+    def find(self, customer_id: str) -> dict[str, Any] | None:
+        """The customer's fields, or None if it does not exist."""
+
+    def create(self, params: dict[str, Any], idempotency_key: str) -> str:
+        """Create a customer (idempotently) and return its id."""
+
+    def update(self, customer_id: str, params: dict[str, Any]) -> str:
+        """Update a customer's fields and return its id."""
 
 
 class LedgerStore(Protocol):
-    def synced(self) -> dict[int, int]: ...
-    def entries(self, keys: Sequence[str]) -> dict[str, LedgerEntry]: ...
-    def record(self, entries: dict[str, LedgerEntry]) -> int: ...
+    """The ledger the sync reads and writes; a dry run gets one that writes nothing."""
+
+    def synced(self) -> dict[int, int]:
+        """The synced set: key digest → state digest of every record last written."""
+
+    def entries(self, keys: Sequence[str]) -> dict[str, LedgerEntry]:
+        """The ledger rows of ``keys``, by key."""
+
+    def record(self, entries: dict[str, LedgerEntry]) -> int:
+        """Write ``entries``; returns how many rows were written."""
 
 
 @dataclass(frozen=True)
 class SyncOptions:
+    """How one sync runs, from the spec and the run's flags."""
+
     pipeline_id: str
     mode: Literal["create_only", "update_only", "create_and_update"]
     stripe_field: str  # email | id | metadata.<key>
@@ -101,6 +121,8 @@ class SyncOptions:
 
 @dataclass
 class SyncResult:
+    """What a sync did, counted by outcome, with rejections and samples."""
+
     created: int = 0
     updated: int = 0
     unchanged: int = 0
@@ -111,6 +133,7 @@ class SyncResult:
     api_calls: Counter[str] = field(default_factory=Counter)
 
     def sample(self, outcome: str, text: str) -> None:
+        """Keep ``text`` as an example of ``outcome`` until there are enough."""
         if len(self.samples[outcome]) < SAMPLES:
             self.samples[outcome].append(text)
 

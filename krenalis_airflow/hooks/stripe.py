@@ -50,6 +50,7 @@ class StripeSettings:
 
     @property
     def mode(self) -> Literal["test", "live"]:
+        """``"test"`` for ``sk_test_``/``rk_test_`` keys, else ``"live"``."""
         return _mode(self.api_key)
 
 
@@ -199,6 +200,7 @@ class StripeHook(BaseHook):
         )
 
     def get_conn(self) -> stripe.StripeClient:
+        """The Stripe client, as Airflow's ``BaseHook`` interface expects."""
         return self.client
 
     @property

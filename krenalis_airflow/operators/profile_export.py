@@ -57,6 +57,7 @@ class ProfileExportOperator(BaseOperator):
         self.upstream_task_id = upstream_task_id
 
     def execute(self, context: Any) -> dict[str, Any]:
+        """Run this operator's step of the pipeline; returns the XCom the next step reads."""
         if not self.spec.enabled:
             # ``enabled: false`` already removed the schedule; a run started anyway (the UI's
             # trigger, the REST API, ``airflow dags test``) reads and writes nothing. A skip, not a

@@ -28,6 +28,8 @@ from krenalis_airflow.operators.storage import keep_files
 
 @dataclass(frozen=True)
 class StepRun:
+    """What a step needs from the operator: the spec, its run folder, upstream XCom and flags."""
+
     spec: PipelineSpec
     spec_file: str
     folder: ObjectStoragePath
@@ -39,9 +41,11 @@ class StepRun:
     limit: int | None = None  # extract at most this many profiles (preview)
 
     def file(self, name: str) -> ObjectStoragePath:
+        """A file in the run's folder."""
         return self.folder / name
 
     def name(self, file: str) -> str:
+        """The full name of a file in the run's folder, as passed in XCom."""
         return str(self.file(file))
 
 
@@ -52,6 +56,7 @@ def open_file(name: str, mode: str) -> Any:
 
 
 def sql_hook(conn_id: str) -> DbApiHook:
+    """The DB-API hook of a connection; refuses a connection that is not SQL."""
     hook = BaseHook.get_connection(conn_id).get_hook()
     if not isinstance(hook, DbApiHook):
         raise ConnectionUnusable(
@@ -71,6 +76,7 @@ def _connection(hook: DbApiHook) -> Iterator[Any]:
 
 
 def extract(run: StepRun) -> dict[str, Any]:
+    """Extract step: read the source's profiles into the run's folder."""
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     hook = sql_hook(run.spec.source.conn_id)
     profiles = run.name("profiles.jsonl")
@@ -90,6 +96,7 @@ def extract(run: StepRun) -> dict[str, Any]:
 
 
 def transform(run: StepRun) -> dict[str, Any]:
+    """Transform step: turn profiles into Stripe records, rejecting the ones that fail."""
     records, rejections = run.name("records.jsonl"), run.name("rejected-transform.jsonl")
     files = (run.upstream["profiles"], records, rejections)
     done = core.run_transform(run.spec, run.spec_file, run.upstream["columns"], files, open_file, log=run.log)
@@ -102,6 +109,7 @@ def transform(run: StepRun) -> dict[str, Any]:
 
 
 def dedupe(run: StepRun) -> dict[str, Any]:
+    """Dedupe step: keep one record per matching value, rejecting or dropping the rest."""
     kept, duplicates = run.name("deduped.jsonl"), run.name("rejected-dedupe.jsonl")
     done = core.run_dedupe(run.spec, (run.upstream["records"], kept, duplicates), open_file, log=run.log)
     return {
@@ -113,6 +121,7 @@ def dedupe(run: StepRun) -> dict[str, Any]:
 
 
 def upsert(run: StepRun) -> dict[str, Any]:
+    """Upsert step: sync the records to Stripe and record the run."""
     spec = run.spec
     if not ObjectStoragePath(run.upstream["deduped"]).exists():
         raise RunFailed(

@@ -18,6 +18,7 @@ from airflow.sdk import ObjectStoragePath
 
 
 def storage_base() -> ObjectStoragePath:
+    """Where runs keep their files: the ``storage_base`` setting, else ``$AIRFLOW_HOME/krenalis``."""
     base = _setting("storage_base")
     if not base:
         home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")

@@ -16,19 +16,24 @@ class TransformationFields(Protocol):
     exactly one of ``mapping``, ``python`` or ``javascript``, and the JavaScript limits."""
 
     @property
-    def mapping(self) -> Mapping[str, str] | None: ...
+    def mapping(self) -> Mapping[str, str] | None:
+        """Target field → expression, for a mapping transformation."""
 
     @property
-    def python(self) -> str | None: ...
+    def python(self) -> str | None:
+        """The Python source (or a reference to it)."""
 
     @property
-    def javascript(self) -> str | None: ...
+    def javascript(self) -> str | None:
+        """The JavaScript source (or a reference to it)."""
 
     @property
-    def timeout(self) -> float: ...
+    def timeout(self) -> float:
+        """Seconds a JavaScript call may run."""
 
     @property
-    def memory_mb(self) -> int: ...
+    def memory_mb(self) -> int:
+        """Memory limit of a JavaScript worker, in MB."""
 
 
 def build_transformer(

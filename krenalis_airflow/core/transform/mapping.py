@@ -130,35 +130,42 @@ def _text_or_none(function: Callable[[str], str]) -> Callable[[Any], str | None]
 
 
 def coalesce(*values: Any) -> Any:
+    """The first value that is not null."""
     return next((value for value in values if value is not None), None)
 
 
 def if_(condition: Any, then: Any, otherwise: Any = None) -> Any:
+    """``then`` when ``condition`` is true, else ``otherwise`` (null also picks ``otherwise``)."""
     return then if _boolean(condition, "if") else otherwise
 
 
 def and_(*values: Any) -> bool | None:
+    """Three-valued AND: false wins over null, null over true."""
     truths = [_boolean(value, "and") for value in values]
     return False if False in truths else (None if None in truths else True)
 
 
 def or_(*values: Any) -> bool | None:
+    """Three-valued OR: true wins over null, null over false."""
     truths = [_boolean(value, "or") for value in values]
     return True if True in truths else (None if None in truths else False)
 
 
 def not_(value: Any) -> bool | None:
+    """Three-valued NOT: null stays null."""
     truth = _boolean(value, "not")
     return None if truth is None else not truth
 
 
 def eq(left: Any, right: Any) -> bool | None:
+    """Equality that is null with a null side and never equates a boolean with a number."""
     if left is None or right is None:
         return None
     return isinstance(left, bool) == isinstance(right, bool) and bool(left == right)
 
 
 def ne(left: Any, right: Any) -> bool | None:
+    """The negation of ``eq``; null with a null side."""
     same = eq(left, right)
     return None if same is None else not same
 
@@ -171,6 +178,7 @@ def _initcap(text: str) -> str:
 
 
 def trim(value: Any, chars: str | None = None) -> str | None:
+    """The text without leading and trailing ``chars`` (whitespace by default); null stays null."""
     return None if value is None else _text(value).strip(chars)
 
 
@@ -178,6 +186,7 @@ _OMITTED: Any = object()
 
 
 def substring(value: Any, start: Any, length: Any = _OMITTED) -> str | None:
+    """``length`` characters from the 1-based ``start`` (to the end when omitted), as in SQL."""
     if value is None or start is None or length is None:
         return None
     text, first = _text(value), max(_integer(start, "substring"), 1) - 1
@@ -190,6 +199,7 @@ def substring(value: Any, start: Any, length: Any = _OMITTED) -> str | None:
 
 
 def len_(value: Any) -> int:
+    """Items of a list or map, characters of text or of a value's text form; 0 for null."""
     if value is None:
         return 0
     if isinstance(value, str | list | tuple | Mapping):
@@ -198,6 +208,7 @@ def len_(value: Any) -> int:
 
 
 def json_parse(value: Any) -> Any:
+    """JSON text decoded; null and already-decoded values pass through."""
     if value is None or isinstance(value, Mapping | list):
         return value  # null, or already decoded (a jsonb column)
     if not isinstance(value, str):
@@ -209,10 +220,12 @@ def json_parse(value: Any) -> Any:
 
 
 def array(*values: Any) -> list[Any]:
+    """A list of the arguments."""
     return list(values)
 
 
 def map_(*pairs: Any) -> dict[str, Any]:
+    """A map from alternating key, value arguments; keys must be text."""
     if len(pairs) % 2:
         raise TypeError("map: takes key, value pairs (an even number of arguments)")
     keys = pairs[::2]
@@ -370,6 +383,7 @@ class MappingTransform(PerRecord):
         self._all = _compile_all(computed) if computed else None
 
     def __call__(self, profile: Mapping[str, Any]) -> dict[str, Any]:
+        """The payload of one profile; on a failure, finds and names the field that failed."""
         try:
             values = iter(self._all(profile) if self._all else ())
         except Exception:  # find the field that failed

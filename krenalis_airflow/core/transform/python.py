@@ -1,10 +1,11 @@
 """The Python transformation: ``def transform(profile: dict) -> dict``, inline or referenced.
 
 ``transformation.python`` holds either inline source that defines ``transform``, or a single
-line ``package.module:function`` naming a function importable from the DAGs folder (the lead
+line ``package.module:function`` naming a function importable from the DAGs folder (the task
 passes it as ``search_path``) or from site-packages. The function gets a copy of each profile
-(column → value) and returns a flat payload ``{"name": …, "address.city": …, "metadata.x": …}``,
-checked like every other transformation's output.
+(column → value) and returns a payload, flat (``{"name": …, "address.city": …, "metadata.x": …}``)
+or with ``address``/``shipping``/``metadata`` nested, checked like every other transformation's
+output.
 
 Trust model: this is not a sandbox. The code runs with the full rights of the Airflow worker
 (files, network, connections, environment variables), exactly like the code of a DAG file: only
@@ -198,6 +199,7 @@ class PythonTransformer(PerRecord):
         self._filename = getattr(getattr(self._function, "__code__", None), "co_filename", INLINE_FILENAME)
 
     def __call__(self, profile: Mapping[str, Any]) -> dict[str, Any]:
+        """Call the user's ``transform`` on a copy of the profile and check it returned a dict."""
         try:
             payload = self._function(dict(profile))  # a copy: the run still reads the profile
         except Exception as exc:  # any failure of user code rejects this profile only

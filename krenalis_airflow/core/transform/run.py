@@ -97,11 +97,8 @@ def transform_file(
         for item in transform_profiles(read_jsonl(profiles), transformer, settings):
             if isinstance(item, Record):  # the common case first
                 ok.write(item)
-            elif isinstance(item, Rejection):
-                left.rejected[item.kind] += 1
-                bad.write(item)
             else:
-                left.skip(item)
+                left.leave_out(item, bad)
     return ok.count, left
 
 
@@ -173,10 +170,13 @@ class SpecFields(Protocol):
     """The parts of a ``PipelineSpec`` the transform step reads."""
 
     @property
-    def source(self) -> _Source: ...
+    def source(self) -> _Source:
+        """The source part of the spec."""
 
     @property
-    def export(self) -> _Export: ...
+    def export(self) -> _Export:
+        """The export part of the spec."""
 
     @property
-    def transformation(self) -> _Transformation: ...
+    def transformation(self) -> _Transformation:
+        """The transformation part of the spec."""
