@@ -120,34 +120,29 @@ def _mode(password: str | None) -> Literal["test", "live"]:
     return "test" if (password or "").strip().startswith(("sk_test_", "rk_test_")) else "live"
 
 
-def _rate_extra(conn_id: str, extra: dict[str, Any], name: str) -> float | None:
+def _positive_extra(conn_id: str, extra: dict[str, Any], name: str, unit: str) -> float | None:
+    """The extra ``name`` as a finite number > 0, None when unset; anything else is refused."""
     value = extra.get(name)
     if value is None or value == "":
         return None
     try:
-        rate = float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        rate = 0.0
-    if isinstance(value, bool) or not 0 < rate < float("inf"):
+        number = 0.0
+    if isinstance(value, bool) or not 0 < number < float("inf"):
         raise ConnectionUnusable(
-            f"Stripe connection {conn_id!r}: extra {name!r} must be requests per second > 0, got {value!r}."
+            f"Stripe connection {conn_id!r}: extra {name!r} must be {unit} > 0, got {value!r}."
         )
-    return rate
+    return number
+
+
+def _rate_extra(conn_id: str, extra: dict[str, Any], name: str) -> float | None:
+    return _positive_extra(conn_id, extra, name, "requests per second")
 
 
 def _timeout_extra(conn_id: str, extra: dict[str, Any]) -> float:
-    value = extra.get("timeout")
-    if value is None or value == "":
-        return DEFAULT_TIMEOUT
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = 0.0
-    if isinstance(value, bool) or not seconds > 0 or seconds == float("inf"):
-        raise ConnectionUnusable(
-            f"Stripe connection {conn_id!r}: extra 'timeout' must be a number of seconds > 0, got {value!r}."
-        )
-    return seconds
+    seconds = _positive_extra(conn_id, extra, "timeout", "a number of seconds")
+    return DEFAULT_TIMEOUT if seconds is None else seconds
 
 
 class StripeHook(BaseHook):
