@@ -208,6 +208,20 @@ def create_params(record: Record) -> dict[str, Any]:
     return to_params({**record.payload, "email": record.match_value}, creating=True)
 
 
+def drift(front: Front, records: Sequence[Record], deleted: int) -> None:
+    """Edit ``records``' customers behind the pipeline's back (a name in the dashboard), and delete
+    the first ``deleted`` of them, straight in localstripe (not through the proxy: not counted)."""
+    client = front.client(direct=True)
+    wanted = {record.match_value for record in records}
+    listed = client.v1.customers.list(params={"limit": 100}).auto_paging_iter()
+    found = [c for c in listed if c.email in wanted]
+    for number, customer in enumerate(found):
+        if number < deleted:
+            client.v1.customers.delete(customer.id)
+        else:
+            client.v1.customers.update(customer.id, params={"name": "Edited in the dashboard"})
+
+
 def seed_customers(front: Front, records: Sequence[Record], threads: int = 8) -> float:
     """Create customers straight in localstripe (not through the proxy: not counted). Seconds taken."""
     client = front.client(direct=True)
@@ -234,8 +248,8 @@ class Ours:
     limiter_waited: float
 
 
-def sync_ours(front: Front, records_path: Path, ledger_path: Path) -> Ours:
-    """One upsert, wired as ``operators/steps.py`` wires it."""
+def sync_ours(front: Front, records_path: Path, ledger_path: Path, *, reconcile: bool = False) -> Ours:
+    """One upsert, wired as ``operators/steps.py`` wires it (``reconcile``: as a run that reconciles)."""
     api = StripeCustomers(front.client(), limiter=RateLimiter(front.limits), retries=4)
     options = SyncOptions(
         pipeline_id=PIPELINE,
@@ -243,6 +257,7 @@ def sync_ours(front: Front, records_path: Path, ledger_path: Path) -> Ours:
         stripe_field="email",
         duplicate_customers="reject",
         concurrency=concurrency_for(front.limits),
+        reconcile=reconcile,
     )
 
     def records() -> Iterator[Record]:
@@ -425,6 +440,11 @@ def run_api(options: ApiOptions, folder: Path, log: Callable[[str], None]) -> li
         log(f"    {_summary(ours_d)}")
         log(f"  baseline, {len(sample_d)} profiles (rerun, {k} changed) …")
         base_d = baseline_loop(front, [rerun[i] for i in sample_d])
+        drifted = [rerun[i] for i in rng.sample(range(n), k)]
+        drift(front, drifted, deleted=max(1, k // 10))
+        log(f"  ours: reconcile, {k} customers edited or deleted in Stripe …")
+        ours_e = sync_ours(front, edited, folder / "ledger-a.sqlite", reconcile=True)
+        log(f"    {_summary(ours_e)}")
 
     half, rest = len(seeded), n - len(seeded)
     share = f"{options.changed_share:.0%}" if k else "0"
@@ -449,6 +469,14 @@ def run_api(options: ApiOptions, folder: Path, log: Callable[[str], None]) -> li
             ours_d,
             Baseline(base_d, {"update": n}),
         ),
+        Scenario(
+            "reconcile",
+            f"Reconcile, {k:,} customers edited or deleted in Stripe",
+            n,
+            k,
+            ours_e,
+            Baseline(base_d, {"update": n}),  # the baseline resends everything, which also repairs
+        ),
     ]
 
 
@@ -457,5 +485,5 @@ def _summary(ours: Ours) -> str:
     sent = Counter(q.endpoint for q in ours.requests)
     return (
         f"{ours.wall:.1f} s: created {r.created}, updated {r.updated}, unchanged {r.unchanged}, "
-        f"failed {r.failed}, rejected {len(r.rejections)}; calls {dict(sent)}"
+        f"failed {r.failed}, rejected {len(r.rejections)}, repaired {r.repaired}; calls {dict(sent)}"
     )

@@ -192,6 +192,12 @@ class StubApi:
     def find(self, customer_id: str) -> dict[str, Any] | None:
         return self.retrieve(customer_id)
 
+    def account_id(self) -> str | None:
+        return None
+
+    def delete(self, customer_id: str) -> None:
+        self._call("customers.delete")
+
     def create(self, params: dict[str, Any], idempotency_key: str) -> str:
         self._call("customers.create")
         return "cus_new"
@@ -222,9 +228,11 @@ def stage_diff(args: dict[str, Any]) -> dict[str, Any]:
     options = sync_options(spec, dry_run=False, full_resync=False, concurrency=concurrency_for(limits))
     connection = sqlite3.connect(ledger_path)
     start = time.perf_counter()
+    # The diff alone: no reconciliation (it lists Stripe) and no audience (no extract file here).
+    spec = spec.model_copy(update={"export": spec.export.model_copy(update={"reconcile": "off"})})
     result = sync_records(
         api, spec, UpsertRun(connection, "?", options), _diff_reader(args["input"], changing)
-    )
+    ).result
     elapsed = time.perf_counter() - start
     connection.close()
     if changing:

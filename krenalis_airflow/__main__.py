@@ -11,8 +11,9 @@
   customers would be created, updated, left unchanged or rejected, with samples.
 * ``schema``: print the JSON Schema of the spec format (for editor autocompletion).
 * ``sample-warehouse PATH``: build the SQLite sample warehouse the quick start syncs.
-* ``init DAGS_FOLDER [--force]``: write the provider's two DAG files into an Airflow DAGs folder,
-  and ``pipelines/`` with a sample spec when the folder has none.
+* ``init DAGS_FOLDER [--force] [--shard NAME]``: write the provider's two DAG files into an Airflow
+  DAGs folder, and ``pipelines/`` with a sample spec when the folder has none; with ``--shard``, the
+  two DAG files of the shard ``pipelines/NAME/`` instead.
 
 ``validate``, ``schema`` and ``sample-warehouse`` import only the pure core, ``init`` no Airflow either;
 ``validate --connect``, ``preview`` and ``plan`` use Airflow's connections (``AIRFLOW_CONN_*``, the
@@ -85,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("spec", type=Path, metavar="SPEC", help="a spec file")
     plan.add_argument("--full-resync", action="store_true", help="compare with Stripe itself, not the ledger")
+    plan.add_argument(
+        "--reconcile", action="store_true", help="list Stripe once and report what drifted from the ledger"
+    )
     plan.set_defaults(run=_plan)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of pipeline specs")
@@ -115,6 +119,13 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("folder", type=Path, metavar="DAGS_FOLDER", help="Airflow's DAGs folder")
     init.add_argument(
         "--force", action="store_true", help="replace DAG files that differ from what init writes"
+    )
+    init.add_argument(
+        "--shard",
+        metavar="NAME",
+        help="write the DAG files of one shard instead: krenalis_pipelines_NAME.py and "
+        "krenalis_spec_check_NAME.py serve pipelines/NAME/ (created if absent), and Airflow parses "
+        "them on their own, so a slow or broken shard never hides another's DAGs",
     )
     init.set_defaults(run=_init)
     return parser
@@ -228,7 +239,7 @@ def _plan(args: argparse.Namespace) -> int:
     from krenalis_airflow.local_run import plan, plan_failure
 
     try:
-        summary = plan(args.spec, full_resync=args.full_resync)
+        summary = plan(args.spec, full_resync=args.full_resync, reconcile=args.reconcile)
     except KrenalisError as exc:
         return _failed("plan", exc)
     print(f"SQL: {summary['sql']}\n")
@@ -255,11 +266,30 @@ def _print_plan(s: dict[str, Any]) -> None:
         ("rejected", s["rejected_total"], s["rejected"] or ""),
         ("Stripe calls made", sum(s["api_calls"].values()), "(reads only)"),
     ]
+    if found := s.get("reconcile"):
+        rows.append(("drifted", found["drifted"], f"would be set back (reconcile: {found['reason']})"))
+    if (left := s.get("left")) is not None:
+        from krenalis_airflow.core.leave import report_rows
+
+        rows += report_rows(left, dry_run=True)
     for name, count, detail in rows:
         print(f"  {name:<18}{count:>8}  {detail}".rstrip())
-    for outcome in ("created", "updated", "skipped"):
+    print(f"  destination: Stripe {s.get('destination') or '?'}")
+    for warning in s.get("warnings", []):
+        print(f"  warning: {warning}")
+    labels = {
+        "created": "create",
+        "updated": "update",
+        "skipped": "skip",
+        "drifted": "drift",
+        "contested": "left alone",
+    }
+    for outcome, label in labels.items():
         for sample in s["samples"].get(outcome, []):
-            print(f"  e.g. {outcome[:-1] if outcome != 'skipped' else 'skip'}: {sample}")
+            print(f"  e.g. {label}: {sample}")
+    for outcome, samples in ((s.get("left") or {}).get("samples") or {}).items():
+        for sample in samples:
+            print(f"  e.g. left the audience, {outcome}: {sample}")
     for item in s["rejected_samples"]:
         print(f"  e.g. rejected {item['key']} ({item['step']}): {item['reason']}")
 
@@ -284,13 +314,13 @@ def _init(args: argparse.Namespace) -> int:
     from krenalis_airflow.dag_files import SAMPLE_SPEC, init_dags_folder
 
     try:
-        report = init_dags_folder(args.folder, force=args.force)
+        report = init_dags_folder(args.folder, force=args.force, shard=args.shard)
     except InitError as exc:
         print(f"krenalis-airflow init: {exc}", file=sys.stderr)
         return 1
     for path in report.written:
         note = " (a sample pipeline, disabled)" if path.name == SAMPLE_SPEC else ""
-        print(f"Wrote {path}{note}")
+        print(f"Wrote {path}{'/ (the shard, empty)' if path == report.pipelines else note}")
     for path in report.unchanged:
         print(f"Unchanged {path} (already up to date)")
     for path in report.kept:

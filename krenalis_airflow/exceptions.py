@@ -12,6 +12,7 @@ The map (dlt-style: the group says the action, the class says the cause)::
     │   │   └── ConnectionUnusable         a named Airflow connection cannot serve (not SQL, no key…)
     │   ├── TerminalSyncError (SyncError)  Stripe refuses the key itself (401) or a permission (403)
     │   └── RunFailed                      the run ended past export.max_rejected, or its files are gone
+    │       └── TooManyLeaving             more profiles would leave than export.max_leave: nothing changed
     ├── RetryableError                     transient: Airflow's retries (and the next run) take over
     │   └── RetryableSyncError (SyncError) 429, 409, 5xx, network errors, once our retries are spent
     ├── RecordError                        one profile is rejected; the run goes on
@@ -149,6 +150,11 @@ class RetryableSyncError(SyncError, RetryableError):
 class RunFailed(TerminalError):
     """The run cannot succeed by retrying its task: more rejected profiles than
     ``export.max_rejected`` (fix the data), or its profile files are gone (clear the whole run)."""
+
+
+class TooManyLeaving(RunFailed):
+    """More profiles would leave the audience than ``export.max_leave`` allows (an emptied source
+    table, a broken filter): raised before anything is written to Stripe or the ledger."""
 
 
 # --------------------------------------------------------------------------------------------

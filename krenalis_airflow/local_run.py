@@ -100,13 +100,13 @@ def preview(spec_file: Path, limit: int) -> tuple[str, list[tuple[dict[str, Any]
         return extracted["sql"], pairs
 
 
-def plan(spec_file: Path, *, full_resync: bool = False) -> dict[str, Any]:
+def plan(spec_file: Path, *, full_resync: bool = False, reconcile: bool = False) -> dict[str, Any]:
     """A dry run of the whole pipeline: reads the warehouse and Stripe, writes nothing.
 
     The summary's ``outcome`` is ``"success"``, or why a real run would fail (past
     ``export.max_rejected``): the summary is returned either way.
     """
-    with _runs(spec_file, full_resync=full_resync) as run:
+    with _runs(spec_file, full_resync=full_resync, reconcile=reconcile) as run:
         for path, conn_id, example in _connections(run.spec):
             _require_connection(spec_file, path, conn_id, example)
         upstream = _extract(run)
@@ -143,6 +143,7 @@ def _runs(spec_file: Path, **options: Any) -> Iterator[steps.StepRun]:
             upstream={},
             dry_run=True,
             full_resync=options.get("full_resync", False),
+            reconcile=options.get("reconcile", False),
             log=log,
             limit=options.get("limit"),
         )

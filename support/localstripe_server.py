@@ -26,10 +26,17 @@ Differences from stock ``localstripe`` 1.15.10 (``python -m localstripe``):
 * Customers take ``tax_exempt`` (``none|exempt|reverse``; ``""`` resets it to ``none``, which is
   also what a customer created without it shows), as Stripe's do; stock answers 400 "Unexpected
   tax_exempt". An email Stripe could not parse is refused with 400 ``email_invalid``.
+* ``GET /v1/account`` answers the account this server plays (``--account``, else a random
+  ``acct_…`` per server, so two servers are two Stripe accounts and any key of one server reaches
+  the same account), which stock localstripe lacks (404). A key containing ``customers_only``
+  (e.g. ``sk_test_customers_only_1``) plays a restricted key with only Customers permissions:
+  ``GET /v1/account`` answers Stripe's 403 ``permission_error``, everything else works. (Stock
+  localstripe refuses ``rk_…`` keys everywhere with 401, which the tests use as a revoked key.)
 * ``--exit-on-stdin-eof`` makes the server stop when its stdin closes, so a test process that
   dies without cleaning up does not leave a server behind.
 * Stripe's contract is enforced on the customer endpoints (``POST /v1/customers``, ``POST
-  /v1/customers/{id}``, ``GET /v1/customers``, ``GET /v1/customers/{id}``): a middleware checks
+  /v1/customers/{id}``, ``GET /v1/customers``, ``GET /v1/customers/{id}``, ``DELETE
+  /v1/customers/{id}``): a middleware checks
   each request with ``stripe_contract.py`` (the parameter definitions stripe-python carries) and
   answers what real Stripe would refuse, and stock localstripe takes (``preferred_locales=""``,
   ``shipping[name]=""``, unknown parameters, an update with no parameters...), with Stripe's 400
@@ -47,6 +54,7 @@ import asyncio
 import json
 import logging
 import re
+import secrets
 import signal
 import socket
 import sys
@@ -65,6 +73,7 @@ except ImportError:  # run as a script (LocalStripe does): support/ is on sys.pa
     import stripe_contract  # type: ignore[no-redef]
 
 READY_PREFIX = "localstripe listening on "
+CUSTOMERS_ONLY = "customers_only"  # in a key: it may not read the account (GET /v1/account → 403)
 HOST = "127.0.0.1"
 
 _ADDRESS_KEYS = {"line1", "line2", "city", "state", "postal_code", "country"}
@@ -159,6 +168,26 @@ def customers_like_stripe() -> None:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def account_middleware(account: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Answer ``GET /v1/account`` as the account ``account`` (see the module docstring)."""
+
+    @web.middleware
+    async def account_route(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path != "/v1/account" or request.method != "GET":
+            return await handler(request)
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if CUSTOMERS_ONLY in key:
+            error = {
+                "type": "invalid_request_error",
+                "code": "permission_error",
+                "message": "The provided key does not have the required permissions for this endpoint.",
+            }
+            return web.json_response({"error": error}, status=403)
+        return web.json_response({"id": account, "object": "account", "type": "standard"})
+
+    return account_route
+
+
 def contract_middleware(
     log_path: Path | None,
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
@@ -168,7 +197,7 @@ def contract_middleware(
     async def check_contract(request: web.Request, handler: Handler) -> web.StreamResponse:
         if stripe_contract.endpoint_params(request.method, request.path) is None:
             return await handler(request)
-        if request.method == "GET":
+        if request.method in ("GET", "DELETE"):  # their parameters travel in the query string
             found = stripe_contract.check_form(request.method, request.path, request.query_string)
         elif request.content_type == "application/x-www-form-urlencoded" or not request.can_read_body:
             body = await request.text()  # aiohttp keeps it for localstripe's handler
@@ -206,10 +235,16 @@ def _stop_when_stdin_closes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event
 
 
 async def serve(
-    port: int, *, quiet: bool = False, exit_on_stdin_eof: bool = False, contract_log: Path | None = None
+    port: int,
+    *,
+    quiet: bool = False,
+    exit_on_stdin_eof: bool = False,
+    contract_log: Path | None = None,
+    account: str | None = None,
 ) -> None:
     """Serve localstripe on 127.0.0.1:port until SIGINT/SIGTERM (or stdin EOF if asked)."""
     server.app.middlewares.insert(0, contract_middleware(contract_log))  # outermost: first to see
+    server.app.middlewares.insert(0, account_middleware(account or f"acct_{secrets.token_hex(8)}"))
     access_log: logging.Logger | None = None
     if not quiet:
         access_log = logging.getLogger("aiohttp.access")
@@ -246,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--contract-log", type=Path, help="append each contract violation to this file (JSON lines)"
     )
+    parser.add_argument("--account", help="the acct_… id GET /v1/account answers (default: random)")
     args = parser.parse_args(argv)
 
     disable_persistence()
@@ -256,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
             quiet=args.quiet,
             exit_on_stdin_eof=args.exit_on_stdin_eof,
             contract_log=args.contract_log,
+            account=args.account,
         )
     )
 

@@ -12,8 +12,9 @@ types, enums (``Literal``), which parameters take ``""`` to unset (``Literal['']
 and the required members of nested hashes. Only the ``maxLength`` values, which the ``TypedDict``s
 do not carry, are kept here by hand (``MAX_LENGTH``).
 
-Checked endpoints: ``POST /v1/customers``, ``POST /v1/customers/{id}``, ``GET /v1/customers``
-and ``GET /v1/customers/{id}``. Every other path is outside the contract (``violations`` → []).
+Checked endpoints: ``POST /v1/customers``, ``POST /v1/customers/{id}``, ``GET /v1/customers``,
+``GET /v1/customers/{id}`` and ``DELETE /v1/customers/{id}`` (no parameters). Every other path is
+outside the contract (``violations`` → []).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from stripe._request_options import RequestOptions
 from stripe._stripe_context import StripeContext
 from stripe._stripe_object import UntypedStripeObject
 from stripe.params._customer_create_params import CustomerCreateParams
+from stripe.params._customer_delete_params import CustomerDeleteParams
 from stripe.params._customer_list_params import CustomerListParams
 from stripe.params._customer_retrieve_params import CustomerRetrieveParams
 from stripe.params._customer_update_params import CustomerUpdateParams
@@ -72,6 +74,7 @@ ENDPOINTS: tuple[tuple[str, re.Pattern[str], type], ...] = (
     ("POST", re.compile(rf"/v1/customers/{_ID}"), CustomerUpdateParams),
     ("GET", re.compile(r"/v1/customers"), CustomerListParams),
     ("GET", re.compile(rf"/v1/customers/{_ID}"), CustomerRetrieveParams),
+    ("DELETE", re.compile(rf"/v1/customers/{_ID}"), CustomerDeleteParams),  # takes no parameters
 )
 # Create, list and retrieve params extend RequestOptions (api_key, idempotency_key...): options
 # the SDK sends as headers, never as parameters.

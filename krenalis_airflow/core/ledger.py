@@ -1,7 +1,10 @@
 """The ledger: what was last written to Stripe for each profile of a pipeline.
 
-One row per (pipeline, profile key): the matching value, the Stripe customer id(s) and a hash
-of the last payload Stripe confirmed. A rerun compares hashes and writes only what changed.
+One row per (pipeline, profile key): the matching value, the Stripe customer id(s), a hash of the
+last payload Stripe confirmed (and one per field), which Stripe it went to (``destination``: the
+account id, or a fingerprint of the key; see ``core/destination.py``) and whether this pipeline
+created the customer (``origin``). A rerun compares hashes and writes only what changed; an entry
+written to another destination is not trusted (``core/sync.py`` verifies it against Stripe).
 It lives in any DB-API database every worker can reach (by default the source warehouse);
 the SQL is the common subset of SQLite (≥ 3.24) and PostgreSQL (``INSERT … ON CONFLICT``).
 """
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +39,8 @@ class LedgerEntry:
     status: str = "synced"
     attempts: int = 0
     error: str = ""
+    destination: str = ""  # the Stripe it was synced to ("" in rows older than the column)
+    origin: str = ""  # "created" when this pipeline created the customer, "matched" when it found it
 
     def fields(self) -> dict[str, str]:
         """The per-field hashes of the last write, by field (empty for an old row)."""
@@ -58,8 +63,14 @@ COLUMNS = (
     "status",
     "attempts",
     "error",
+    "destination",
+    "origin",
     "synced_at",
 )
+ADDED_COLUMNS = {  # columns added after the first release: ensure_table adds them to older tables
+    "destination": "VARCHAR(64) NOT NULL DEFAULT ''",
+    "origin": "VARCHAR(10) NOT NULL DEFAULT ''",
+}
 
 
 def field_hashes(payload: Mapping[str, Any]) -> str:
@@ -106,10 +117,28 @@ class Ledger:
             " status VARCHAR(10) NOT NULL,"
             " attempts INTEGER NOT NULL,"
             " error TEXT NOT NULL,"
+            f" destination {ADDED_COLUMNS['destination']},"
+            f" origin {ADDED_COLUMNS['origin']},"
             " synced_at VARCHAR(40) NOT NULL,"
             " PRIMARY KEY (pipeline_id, profile_key))"
         )
+        for name in set(ADDED_COLUMNS) - self._columns():
+            self._execute(f"ALTER TABLE {self.table} ADD COLUMN {name} {ADDED_COLUMNS[name]}")
+        # For ``overlaps``: the pipelines of a destination, and their entries of a customer, by seeks.
+        for name, columns in (
+            ("pipelines", "destination, pipeline_id"),
+            ("customers", "destination, customer_ids"),
+        ):
+            self._execute(f"CREATE INDEX IF NOT EXISTS {self.table}_{name} ON {self.table} ({columns})")
         self._conn.commit()
+
+    def _columns(self) -> set[str]:
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(f"SELECT * FROM {self.table} WHERE 1 = 0")
+            return {column[0].lower() for column in cursor.description}
+        finally:
+            cursor.close()
 
     def exists(self) -> bool:
         """Whether the ledger table is there (a dry run must not create it)."""
@@ -123,18 +152,19 @@ class Ledger:
         finally:
             cursor.close()
 
-    def synced(self) -> dict[int, int]:
-        """``key_digest(key) → state_digest(payload_hash)`` of every synced profile.
+    def synced(self, destination: str) -> dict[int, int]:
+        """``key_digest(key) → state_digest(payload_hash)`` of every profile synced to ``destination``.
 
         Enough to recognise an unchanged record without loading its entry: two 64-bit ints per
         profile instead of a full ``LedgerEntry`` (about 120 MB instead of 860 MB at 1M profiles).
+        Entries synced to another destination are left out: they are verified, not trusted.
         """
         cursor = self._conn.cursor()
         try:
             cursor.execute(
                 f"SELECT profile_key, payload_hash FROM {self.table}"
-                f" WHERE pipeline_id = {self._ph} AND status = 'synced'",
-                (self._pipeline,),
+                f" WHERE pipeline_id = {self._ph} AND status = 'synced' AND destination = {self._ph}",
+                (self._pipeline, destination),
             )
             digests: dict[int, int] = {}
             while rows := cursor.fetchmany(10_000):
@@ -186,6 +216,8 @@ class Ledger:
                 e.status,
                 e.attempts,
                 e.error[:2000],
+                e.destination,
+                e.origin,
                 now,
             )
             for key, e in items
@@ -198,6 +230,51 @@ class Ledger:
         self._conn.commit()
         return len(rows)
 
+    def overlaps(self, destination: str) -> Iterator[tuple[str, str, frozenset[str]]]:
+        """``(other pipeline, customer id, units both write)`` for each customer of ``destination``
+        that another pipeline's ledger (in this table) also writes to, on a unit this one writes.
+
+        Costs one index seek per pipeline of the destination, plus, for each other pipeline, one
+        join of this pipeline's entries with its entries of the same customers (single-customer
+        entries: ``update_all`` entries of several customers are compared as a whole)."""
+        for other in self._pipelines_of(destination):
+            cursor = self._conn.cursor()
+            try:
+                cursor.execute(
+                    f"SELECT a.customer_ids, a.field_hashes, b.field_hashes FROM {self.table} a"
+                    f" JOIN {self.table} b ON b.destination = a.destination AND b.customer_ids = a.customer_ids"
+                    f" WHERE a.pipeline_id = {self._ph} AND a.destination = {self._ph}"
+                    f" AND b.pipeline_id = {self._ph} AND a.customer_ids <> ''",
+                    (self._pipeline, destination, other),
+                )
+                while rows := cursor.fetchmany(1000):
+                    for ids, mine, theirs in rows:
+                        if shared := _units(mine) & _units(theirs):
+                            yield other, ids, shared
+            finally:
+                cursor.close()
+
+    def _pipelines_of(self, destination: str) -> list[str]:
+        """The other pipelines with entries for ``destination`` (a loose index scan)."""
+        found: list[str] = []
+        after = ""
+        cursor = self._conn.cursor()
+        try:
+            while True:
+                cursor.execute(
+                    f"SELECT MIN(pipeline_id) FROM {self.table}"
+                    f" WHERE destination = {self._ph} AND pipeline_id > {self._ph}",
+                    (destination, after),
+                )
+                row = cursor.fetchone()
+                if row is None or row[0] is None:
+                    return found
+                after = row[0]
+                if after != self._pipeline:
+                    found.append(after)
+        finally:
+            cursor.close()
+
     def _execute(self, sql: str) -> None:
         cursor = self._conn.cursor()
         try:
@@ -205,11 +282,58 @@ class Ledger:
         finally:
             cursor.close()
 
+    # -- profiles that leave the audience (core/leave.py) ---------------------------------------
+
+    def entries_of(self, destination: str, *, batch: int = 10_000) -> Iterator[tuple[str, LedgerEntry]]:
+        """``(key, entry)`` of every profile of this pipeline that has customers in ``destination``
+        and has not left the audience (status ``left``), streamed ``batch`` rows at a time.
+
+        Read it to the end before writing to the ledger on the same connection."""
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(
+                f"SELECT {', '.join(COLUMNS[1:-1])} FROM {self.table}"
+                f" WHERE pipeline_id = {self._ph} AND destination = {self._ph}"
+                " AND status <> 'left' AND customer_ids <> ''",
+                (self._pipeline, destination),
+            )
+            while rows := cursor.fetchmany(batch):
+                for key, match, ids, *rest in rows:
+                    yield key, LedgerEntry(match, tuple(ids.split(",")), *rest)
+        finally:
+            cursor.close()
+
+    def holders(self, destination: str, customer_ids: Sequence[str]) -> list[tuple[str, str, LedgerEntry]]:
+        """``(pipeline id, key, entry)`` of every entry of this table, of any pipeline, that has not
+        left and holds one of ``customer_ids`` (as its only customer) in ``destination``; 500 ids
+        a query, through the ``(destination, customer_ids)`` index."""
+        found: list[tuple[str, str, LedgerEntry]] = []
+        cursor = self._conn.cursor()
+        try:
+            for start in range(0, len(customer_ids), 500):
+                chunk = list(customer_ids[start : start + 500])
+                marks = ", ".join([self._ph] * len(chunk))
+                cursor.execute(
+                    f"SELECT {', '.join(COLUMNS[:-1])} FROM {self.table}"
+                    f" WHERE destination = {self._ph} AND customer_ids IN ({marks}) AND status <> 'left'",
+                    (destination, *chunk),
+                )
+                for pipeline, key, match, ids, *rest in cursor.fetchall():
+                    found.append((pipeline, key, LedgerEntry(match, tuple(ids.split(",")), *rest)))
+            return found
+        finally:
+            cursor.close()
+
+
+def _units(field_hashes: str) -> frozenset[str]:
+    """The units a ``field_hashes`` column names."""
+    return frozenset(json.loads(field_hashes)) if field_hashes else frozenset()
+
 
 class EmptyLedger:
     """The ledger of a pipeline that never ran, for a dry run that must not create the table."""
 
-    def synced(self) -> dict[int, int]:
+    def synced(self, destination: str) -> dict[int, int]:
         """Nothing was synced before."""
         return {}
 
@@ -220,3 +344,15 @@ class EmptyLedger:
     def record(self, entries: Mapping[str, LedgerEntry]) -> int:
         """Refuse: a dry run must never write the ledger."""
         raise AssertionError("a dry run records nothing")
+
+    def overlaps(self, destination: str) -> Iterator[tuple[str, str, frozenset[str]]]:
+        """No entries, so nothing shared with other pipelines."""
+        return iter(())
+
+    def entries_of(self, destination: str, *, batch: int = 10_000) -> Iterator[tuple[str, LedgerEntry]]:
+        """No profile can leave a pipeline that never ran."""
+        return iter(())
+
+    def holders(self, destination: str, customer_ids: Sequence[str]) -> list[tuple[str, str, LedgerEntry]]:
+        """No entry holds any customer."""
+        return []

@@ -17,14 +17,25 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 from krenalis_airflow.core.columns import check_source, mapping_problems, spec_error
 from krenalis_airflow.core.dedupe import dedupe_file
+from krenalis_airflow.core.destination import Destinations, reconcile_due
 from krenalis_airflow.core.extract import iter_rows, prepare_extraction
 from krenalis_airflow.core.history import History
+from krenalis_airflow.core.leave import (
+    LeaveOptions,
+    LeaveResult,
+    Leaving,
+    check_leave_limit,
+    find_leavers,
+    read_audience,
+)
+from krenalis_airflow.core.leave import report_rows as leave_rows
 from krenalis_airflow.core.ledger import EmptyLedger, Ledger
 from krenalis_airflow.core.records import (
     LeftOut,
@@ -36,7 +47,7 @@ from krenalis_airflow.core.records import (
     write_jsonl,
 )
 from krenalis_airflow.core.spec import PipelineSpec
-from krenalis_airflow.core.sync import CustomerApi, LedgerStore, Syncer, SyncOptions, SyncResult
+from krenalis_airflow.core.sync import CustomerApi, Syncer, SyncOptions, SyncResult
 from krenalis_airflow.core.transform.base import Transformer
 from krenalis_airflow.core.transform.build import build_transformer
 from krenalis_airflow.core.transform.run import TransformSettings, transform_file
@@ -286,10 +297,14 @@ class UpsertRun:
     placeholder: str
     options: SyncOptions
     run_id: str = "local"
+    fingerprint: str = ""  # of the Stripe key and base URL (core/destination.py), never the key
 
 
-def sync_options(spec: PipelineSpec, *, dry_run: bool, full_resync: bool, concurrency: int) -> SyncOptions:
-    """The sync's options from the spec and the run's flags."""
+def sync_options(
+    spec: PipelineSpec, *, dry_run: bool, full_resync: bool, concurrency: int, reconcile: bool = False
+) -> SyncOptions:
+    """The sync's options from the spec and the run's flags (``reconcile``: asked for by the
+    trigger; ``sync_records`` also reconciles when the spec's cadence says so)."""
     export = spec.export
     return SyncOptions(
         pipeline_id=spec.id,
@@ -300,6 +315,7 @@ def sync_options(spec: PipelineSpec, *, dry_run: bool, full_resync: bool, concur
         full_resync=full_resync,
         concurrency=concurrency,
         give_up_after=export.give_up_after,
+        reconcile=reconcile,
     )
 
 
@@ -313,17 +329,61 @@ def records_reader(open_file: OpenFile, name: str) -> Callable[[], Iterator[Reco
     return records
 
 
+@dataclass(frozen=True)
+class Synced:
+    """What the upsert did: the sync, and what became of the profiles that left the audience
+    (None when the run was not given its audience)."""
+
+    result: SyncResult
+    left: LeaveResult | None = None
+
+
 def sync_records(
-    api: CustomerApi, spec: PipelineSpec, state: UpsertRun, records: Callable[[], Iterator[Record]]
-) -> SyncResult:
-    """``Syncer.run`` against the pipeline's ledger; a dry run creates nothing, not even the table."""
+    api: CustomerApi,
+    spec: PipelineSpec,
+    state: UpsertRun,
+    records: Callable[[], Iterator[Record]],
+    audience: Callable[[], set[int]] | None = None,
+) -> Synced:
+    """``Syncer.run`` against the pipeline's ledger, on the run's destination, reconciling when
+    asked or due (``core/destination.py``), then ``export.on_leave`` for the ledger's profiles
+    missing from ``audience`` (key digests of every extracted profile; see ``core/leave.py``),
+    whose guard runs before anything is written. A dry run creates nothing, not even the tables."""
+    dry_run = state.options.dry_run
     ledger = Ledger(state.connection, state.placeholder, spec.id, spec.state.table_prefix)
-    store: LedgerStore = ledger
-    if not state.options.dry_run:
+    store: Ledger | EmptyLedger = ledger
+    if not dry_run:
         ledger.ensure_table()
     elif not ledger.exists():
         store = EmptyLedger()
-    return Syncer(api, store, state.options).run(records)
+    places = Destinations(state.connection, state.placeholder, spec.state.table_prefix, writable=not dry_run)
+    destination = places.resolve(state.fingerprint, api.account_id)
+    now = datetime.now(UTC)
+    why = reconcile_due(
+        state.options.reconcile, spec.export.reconcile_every, places.reconciled_at(spec.id, destination), now
+    )
+    options = replace(state.options, destination=destination, reconcile=bool(why))
+    leave = LeaveOptions.of(spec, destination=destination, dry_run=dry_run, concurrency=options.concurrency)
+    leavers = None if audience is None else find_leavers(store, audience(), leave)
+    if leavers is not None:
+        check_leave_limit(leavers, leave)  # before anything is written
+    result = Syncer(api, store, options).run(records)
+    result.destination, result.reconciled = destination, why
+    if why and not result.failed:
+        places.record_reconciled(spec.id, destination, now)
+    # After the sync: a leaver's customer that a profile of this run now holds is handed over.
+    left = None if leavers is None else Leaving(api, store, leave).run(leavers)
+    return Synced(result, left)
+
+
+def audience_reader(open_file: OpenFile, profiles: str, key_column: str) -> Callable[[], set[int]]:
+    """The run's audience (``core/leave.py``), read from the extracted profiles when asked."""
+
+    def audience() -> set[int]:
+        with open_file(profiles, "r") as stream:
+            return read_audience(stream, key_column)
+
+    return audience
 
 
 def run_upsert(
@@ -341,7 +401,9 @@ def run_upsert(
     and (unless a dry run) record the run in the history. ``retried``: the API's count of retried
     calls by endpoint (read once the sync is done)."""
     dry_run = state.options.dry_run
-    result = sync_records(api, spec, state, records_reader(open_file, files.deduped))
+    audience = audience_reader(open_file, upstream["profiles"], spec.source.key)
+    synced = sync_records(api, spec, state, records_reader(open_file, files.deduped), audience)
+    result = synced.result
     with open_file(files.rejections, "w") as out:
         write_jsonl(out, result.rejections)
     summary = run_summary(
@@ -351,6 +413,7 @@ def run_upsert(
         pipeline=spec.id,
         dry_run=dry_run,
         full_resync=state.options.full_resync,
+        left=synced.left,
     )
     summary["rejection_files"] = [*upstream["rejection_files"], files.rejections]
     with open_file(files.summary, "w") as out:
@@ -386,9 +449,11 @@ def run_summary(
     pipeline: str,
     dry_run: bool,
     full_resync: bool,
+    left: LeaveResult | None = None,
 ) -> dict[str, Any]:
-    """The whole run's counts: the upstream steps' (from XCom) and the sync's, skips and
-    rejections merged by reason and kind. ``rejection_files`` is the upstream's."""
+    """The whole run's counts: the upstream steps' (from XCom), the sync's and those of the
+    profiles that ``left`` the audience; skips and rejections merged by reason and kind.
+    ``rejection_files`` is the upstream's."""
     up = upstream
     rejected = Counter(up["rejected"])
     rejected.update(r.kind for r in result.rejections)
@@ -414,11 +479,45 @@ def run_summary(
         "skipped": dict(skipped),
         "skipped_total": skipped.total(),
         "failed": result.failed,
-        "api_calls": dict(result.api_calls),
+        "api_calls": dict(result.api_calls + (left.api_calls if left else Counter())),
         "retried": dict(retried),
         "samples": samples,
         "rejection_files": list(up["rejection_files"]),
+        "destination": result.destination,
+        "reconcile": reconciliation(result),
+        "warnings": warnings(result),
+        "left": left.summary() if left else None,
     }
+
+
+def reconciliation(result: SyncResult) -> dict[str, Any] | None:
+    """What a reconciliation found and cost (None when the run did not reconcile)."""
+    if not result.reconciled:
+        return None
+    return {
+        "reason": result.reconciled,
+        "reads": result.api_calls.get("customers.list", 0),
+        "drifted": result.drifted,
+        "repaired": result.repaired,
+        "contested": result.contested,
+    }
+
+
+def warnings(result: SyncResult) -> list[str]:
+    """What a person should know although the run succeeded: entries verified because they were
+    synced to another Stripe, and customers another pipeline also writes to."""
+    found = [
+        f"{count} ledger entries were synced to another Stripe ({place}), not {result.destination}: "
+        "their customers were looked up again instead of trusted"
+        for place, count in sorted(result.elsewhere.items())
+    ]
+    for (other, unit), overlap in sorted(result.overlaps.items()):
+        found.append(
+            f"pipeline {other} also writes {unit} to {overlap.customers} customers this pipeline writes "
+            f"(e.g. {', '.join(overlap.samples)}): the last run to change it wins, and reconciliation "
+            "leaves it alone; give each field one owner (narrow a filter or drop the field from one mapping)"
+        )
+    return found
 
 
 def outcome(limit: int, summary: Mapping[str, Any]) -> str:
@@ -451,9 +550,20 @@ def report(summary: Mapping[str, Any], dry_run: bool) -> str:
         ("Stripe API calls", sum(summary["api_calls"].values()), summary["api_calls"] or ""),
         ("retried calls", sum(summary["retried"].values()), summary["retried"] or ""),
     ]
+    if (left := summary.get("left")) is not None:
+        rows += leave_rows(left, dry_run)
+    if found := summary.get("reconcile"):
+        rows += [
+            ("drifted", found["drifted"], f"reconciled: {found['reason']}; {found['reads']} list reads"),
+            *([] if dry_run else [("repaired", found["repaired"], "")]),
+            ("left alone", found["contested"], "drifted only in fields another pipeline writes"),
+        ]
     title = f"Pipeline {summary['pipeline']}" + (" (DRY RUN: nothing written)" if dry_run else "")
     table = "\n".join(f"  {name:<18}{count:>8}  {detail}".rstrip() for name, count, detail in rows)
-    return f"Sync summary — {title}\n{table}"
+    notes = "".join(f"\n  warning: {text}" for text in summary.get("warnings", []))
+    if destination := summary.get("destination"):
+        notes = f"\n  destination: Stripe {destination}{notes}"
+    return f"Sync summary — {title}\n{table}{notes}"
 
 
 def log_rejections(open_file: OpenFile, name: str, log: logging.Logger) -> None:

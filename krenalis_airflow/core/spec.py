@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import builtins
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -115,23 +115,41 @@ class Export(Model):
     duplicate_customers: Literal["reject", "update_all"] = "reject"
     max_rejected: int | str = "10%"
     give_up_after: int = Field(default=3, ge=1, le=1000)
+    reconcile: str = "24h"  # off, or how often the ledger is checked against Stripe (30m, 24h, 7d)
+    on_leave: Literal["keep", "clear", "delete"] = "keep"
+    max_leave: int | str = "10%"
 
     @field_validator("max_rejected")
     @classmethod
     def _max_rejected(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value >= 0:
-            return value
-        if isinstance(value, str) and re.match(r"^\d+(\.\d+)?%$", value) and float(value[:-1]) <= 100:
-            return value
-        raise ValueError(
-            f"{value!r} is not a count (e.g. 50) or a percentage of the extracted profiles (e.g. 5%)"
-        )
+        return _count_or_share(value, "the extracted profiles")
+
+    @field_validator("max_leave")
+    @classmethod
+    def _max_leave(cls, value: int | str) -> int | str:
+        return _count_or_share(value, "the profiles in the ledger")
+
+    @field_validator("reconcile", mode="before")
+    @classmethod
+    def _reconcile(cls, value: Any) -> str:
+        if value is False:  # YAML 1.1 reads a bare `off` as false
+            return "off"
+        if value != "off" and (not isinstance(value, str) or parse_interval(value) is None):
+            raise ValueError(f"{value!r} is not 'off' or an interval such as 30m, 6h, 24h or 7d")
+        return value
 
     def rejection_limit(self, extracted: int) -> int:
         """How many rejected + failed profiles a run tolerates before it fails."""
-        if isinstance(self.max_rejected, int):
-            return self.max_rejected
-        return int(extracted * float(self.max_rejected[:-1]) / 100)
+        return count_or_share(self.max_rejected, extracted)
+
+    def leave_limit(self, in_ledger: int) -> int:
+        """How many profiles may leave the audience in one run before it fails, changing nothing."""
+        return count_or_share(self.max_leave, in_ledger)
+
+    @property
+    def reconcile_every(self) -> timedelta | None:
+        """How often the ledger is reconciled with Stripe; None when ``reconcile: off``."""
+        return None if self.reconcile == "off" else parse_interval(self.reconcile)
 
     @field_validator("order_by")
     @classmethod
@@ -153,6 +171,32 @@ class Export(Model):
             return None
         column, _, direction = self.order_by.partition(" ")
         return column, direction.lower() == "desc"
+
+
+INTERVAL = re.compile(r"^(\d+)(m|h|d)$")
+INTERVAL_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_interval(value: str) -> timedelta | None:
+    """``30m``, ``6h``, ``7d`` as a timedelta (at least a minute); None when it is not one."""
+    found = INTERVAL.match(value)
+    if found is None or int(found[1]) == 0:
+        return None
+    return timedelta(**{INTERVAL_UNITS[found[2]]: int(found[1])})
+
+
+def _count_or_share(value: int | str, of: str) -> int | str:
+    """A count (``50``) or a share (``5%``) of ``of``, as the spec wrote it."""
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str) and re.match(r"^\d+(\.\d+)?%$", value) and float(value[:-1]) <= 100:
+        return value
+    raise ValueError(f"{value!r} is not a count (e.g. 50) or a percentage of {of} (e.g. 5%)")
+
+
+def count_or_share(value: int | str, total: int) -> int:
+    """The count a spec's count or share (``50``, ``5%``: ``max_rejected``, ``max_leave``) allows out of ``total``."""
+    return value if isinstance(value, int) else int(total * float(value[:-1]) / 100)
 
 
 class Transformation(Model):
@@ -565,43 +609,94 @@ def _dotted(path: tuple[str | int, ...]) -> str:
     return out
 
 
-def discover(folder: str | Path, *, import_references: bool = False) -> list[LoadedSpec | SpecError]:
+def discover(
+    folder: str | Path,
+    *,
+    import_references: bool = False,
+    elsewhere: Mapping[str, Sequence[Path]] | None = None,
+) -> list[LoadedSpec | SpecError]:
     """Load every ``*.yaml``/``*.yml`` directly in ``folder`` (sub-folders are not read), in name order.
 
     As DAG files call it, Python references are not imported (``load_spec``); the CLI's
     ``validate`` passes ``import_references=True``.
 
     A bad file yields its SpecError and never hides the others. Pipeline ids are file names, so two
-    specs share one only as ``x.yaml`` and ``x.yml``: both are then errors (``unique_ids``).
+    specs share one only as ``x.yaml`` and ``x.yml``: both are then errors (``unique_ids``), as is
+    a spec whose id is a key of ``elsewhere`` (pipeline id → files of other folders: ``shard_ids``).
     """
-    files = sorted(p for p in Path(folder).glob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    files = _spec_files(Path(folder))
+    resolved = Path(folder).resolve()
+    search_path = (resolved, resolved.parent)  # load_spec's default, resolved once for the folder
     results: list[LoadedSpec | SpecError] = []
     for file in files:
         try:
-            results.append(LoadedSpec(file, load_spec(file, import_references=import_references)))
+            spec = load_spec(file, search_path, import_references=import_references)
+            results.append(LoadedSpec(file, spec))
         except SpecError as exc:
             results.append(exc)
-    return unique_ids(results)
+    return unique_ids(results, elsewhere)
 
 
-def unique_ids(results: Sequence[LoadedSpec | SpecError]) -> list[LoadedSpec | SpecError]:
+def _spec_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def unique_ids(
+    results: Sequence[LoadedSpec | SpecError], elsewhere: Mapping[str, Sequence[Path]] | None = None
+) -> list[LoadedSpec | SpecError]:
     """Every spec whose pipeline id another file also has becomes a SpecError naming the others.
 
     None of them wins, whichever loads and whatever their names sort as: adding a file never
     changes which spec an existing pipeline runs. A broken spec still holds its id (its id is its
     file name); a file given twice (same resolved path) is one file. Checking again is harmless.
+    ``elsewhere``: pipeline id → files outside ``results`` that hold it too (other shards).
     """
     files: dict[str, dict[Path, Path]] = {}  # id → resolved path → the path as given
-    for result in results:
+    resolved = [_result_path(result).resolve() for result in results]
+    for result, real in zip(results, resolved, strict=True):
         path = _result_path(result)
-        files.setdefault(pipeline_id_of(path), {}).setdefault(path.resolve(), path)
+        files.setdefault(pipeline_id_of(path), {}).setdefault(real, path)
+    for pid, paths in (elsewhere or {}).items():
+        if pid in files:
+            for path in paths:
+                files[pid].setdefault(path.resolve(), path)
     checked: list[LoadedSpec | SpecError] = []
-    for result in results:
-        path = _result_path(result)
-        same_id = files[pipeline_id_of(path)]
-        others = [str(given) for resolved, given in same_id.items() if resolved != path.resolve()]
+    for result, real in zip(results, resolved, strict=True):
+        same_id = files[pipeline_id_of(_result_path(result))]
+        others = [str(given) for other, given in same_id.items() if other != real]
         checked.append(_id_clash(result, others) if others else result)
     return checked
+
+
+def shard_folder(pipelines: str | Path, shard: str | None) -> Path:
+    """The folder of one shard of the pipelines folder: the sub-folder ``shard``, or the folder
+    itself for ``None``. Raises ``ValueError`` for a shard that is not a plain folder name."""
+    if shard is None:
+        return Path(pipelines)
+    if not re.match(PIPELINE_ID, shard):
+        raise ValueError(
+            f"shard {shard!r} is not a shard name: shards are sub-folders of the pipelines folder named "
+            "like pipeline ids (lowercase letters, digits and _, starting with a letter); rename it"
+        )
+    return Path(pipelines) / shard
+
+
+def shard_ids(pipelines: str | Path, shard: str | None) -> dict[str, list[Path]]:
+    """Pipeline id → spec files of the *other* shards of the pipelines folder ``pipelines``.
+
+    The shards are the folder's own files (``shard`` None) and each of its sub-folders named
+    like a pipeline id; every shard is served by DAG files of its own, so a pipeline id must be
+    unique across all of them (``discover(..., elsewhere=...)``). Only names are read.
+    """
+    root = Path(pipelines)
+    folders = [root, *sorted(p for p in root.glob("*") if re.match(PIPELINE_ID, p.name) and p.is_dir())]
+    mine = shard_folder(root, shard).resolve()
+    found: dict[str, list[Path]] = {}
+    for folder in folders:
+        if folder.resolve() != mine:
+            for path in _spec_files(folder):
+                found.setdefault(pipeline_id_of(path), []).append(path)
+    return found
 
 
 def _result_path(result: LoadedSpec | SpecError) -> Path:

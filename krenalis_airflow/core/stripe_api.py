@@ -105,6 +105,18 @@ class StripeCustomers:
                 return
             params = {"limit": 100, "starting_after": page.data[-1].id}
 
+    def account_id(self) -> str | None:
+        """The Stripe account the key belongs to (``GET /v1/account``), or None when the key may
+        not read it (restricted keys with only Customers permissions usually may not)."""
+
+        def read() -> str | None:
+            try:
+                return str(self._client.v1.accounts.retrieve_current(options=NO_SDK_RETRIES).id)
+            except (stripe.PermissionError, stripe.InvalidRequestError):
+                return None  # 403: not allowed; 404: an API without the endpoint (stock localstripe)
+
+        return self._call("account.retrieve", read)
+
     def retrieve(self, customer_id: str) -> dict[str, Any]:
         """The customer's fields; raises if it does not exist."""
         customer = self._call(
@@ -137,6 +149,13 @@ class StripeCustomers:
             lambda: self._client.v1.customers.update(customer_id, params=params, options=NO_SDK_RETRIES),  # type: ignore[arg-type]
         )
         return str(customer.id)
+
+    def delete(self, customer_id: str) -> None:
+        """Delete a customer (``DELETE /v1/customers/{id}``); ``CustomerMissing`` when it is gone."""
+        self._call(
+            "customers.delete",
+            lambda: self._client.v1.customers.delete(customer_id, options=NO_SDK_RETRIES),
+        )
 
     def _call(self, endpoint: str, request: Callable[[], T]) -> T:
         for attempt in range(self._retries + 1):

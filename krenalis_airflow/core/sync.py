@@ -47,6 +47,7 @@ from krenalis_airflow.core.fields import (
     unit_of,
     update_payload,
 )
+from krenalis_airflow.core.leave import left_marker
 from krenalis_airflow.core.ledger import LedgerEntry, field_hashes, key_digest, payload_hash, state_digest
 from krenalis_airflow.core.matching import normalise_match
 from krenalis_airflow.core.records import Record, Rejection
@@ -78,6 +79,9 @@ class CustomerApi(Protocol):
     def list_all(self) -> Iterator[dict[str, Any]]:
         """Every customer in the account."""
 
+    def account_id(self) -> str | None:
+        """The account the key belongs to, or None when the key may not read it."""
+
     def retrieve(self, customer_id: str) -> dict[str, Any]:
         """The customer's fields; raises if it does not exist."""
 
@@ -90,18 +94,24 @@ class CustomerApi(Protocol):
     def update(self, customer_id: str, params: dict[str, Any]) -> str:
         """Update a customer's fields and return its id."""
 
+    def delete(self, customer_id: str) -> None:
+        """Delete a customer (``export.on_leave: delete``)."""
+
 
 class LedgerStore(Protocol):
     """The ledger the sync reads and writes; a dry run gets one that writes nothing."""
 
-    def synced(self) -> dict[int, int]:
-        """The synced set: key digest → state digest of every record last written."""
+    def synced(self, destination: str) -> dict[int, int]:
+        """The synced set: key digest → state digest of every record last written to ``destination``."""
 
     def entries(self, keys: Sequence[str]) -> dict[str, LedgerEntry]:
         """The ledger rows of ``keys``, by key."""
 
     def record(self, entries: dict[str, LedgerEntry]) -> int:
         """Write ``entries``; returns how many rows were written."""
+
+    def overlaps(self, destination: str) -> Iterable[tuple[str, str, frozenset[str]]]:
+        """``(other pipeline, customer id, units both write)`` for customers of ``destination``."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,16 @@ class SyncOptions:
     concurrency: int = 8
     checkpoint_every: int = 100
     give_up_after: int = 3  # runs in a row a profile may fail for transient reasons
+    destination: str = ""  # the Stripe written to: ledger entries of another one are verified, not trusted
+    reconcile: bool = False  # verify every synced customer against one listing of Stripe; repair drift
+
+
+@dataclass
+class Overlap:
+    """Customers to which another pipeline writes a unit this one writes too."""
+
+    customers: int = 0
+    samples: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -127,6 +147,13 @@ class SyncResult:
     updated: int = 0
     unchanged: int = 0
     failed: int = 0
+    drifted: int = 0  # customers whose owned fields (or existence) differed from the ledger
+    repaired: int = 0  # of those, set back (not counted as created or updated)
+    contested: int = 0  # drifted only in fields another pipeline also writes: left alone
+    elsewhere: Counter[str] = field(default_factory=Counter)  # entries synced to another destination
+    overlaps: dict[tuple[str, str], Overlap] = field(default_factory=dict)  # by (other pipeline, unit)
+    destination: str = ""  # the Stripe this run wrote to
+    reconciled: str = ""  # why this run reconciled ("" when it did not)
     skipped: Counter[str] = field(default_factory=Counter)
     rejections: list[Rejection] = field(default_factory=list)
     samples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
@@ -136,6 +163,13 @@ class SyncResult:
         """Keep ``text`` as an example of ``outcome`` until there are enough."""
         if len(self.samples[outcome]) < SAMPLES:
             self.samples[outcome].append(text)
+
+    def overlap(self, pipeline: str, unit: str, customer_id: str) -> None:
+        """Note that ``pipeline`` also writes ``unit`` to ``customer_id``."""
+        found = self.overlaps.setdefault((pipeline, unit), Overlap())
+        found.customers += 1
+        if len(found.samples) < SAMPLES:
+            found.samples.append(customer_id)
 
 
 # -- deciding -------------------------------------------------------------------------------
@@ -173,11 +207,15 @@ class Remember:
 
     entry: LedgerEntry
     skipped: str | None = None
+    withheld: frozenset[str] = frozenset()  # drifted units another pipeline also writes: left alone
 
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """A create (no ``customer_ids``) or an update of ``units`` of each of ``customer_ids``."""
+    """A create (no ``customer_ids``) or an update of ``units`` of each of ``customer_ids``.
+
+    ``drift``: why a write of an unchanged profile is needed, "fields" (Stripe's values differ
+    from what the ledger says was written) or "deleted" (the customer is gone); "" otherwise."""
 
     record: Record
     entry: LedgerEntry  # what the ledger records once Stripe confirms (customer ids filled in then)
@@ -185,43 +223,72 @@ class Write:
     customers: tuple[dict[str, Any], ...] = ()  # their current state, when already listed
     units: frozenset[str] | None = None  # on update, the payload units to send (None: all)
     previous: LedgerEntry | None = None  # the ledger's entry before this run
+    drift: str = ""
+    withheld: frozenset[str] = frozenset()  # drifted units another pipeline also writes: left alone
 
 
 Decision = Unchanged | Skipped | Rejected | Remember | Write
 
 
 def decide(  # noqa: C901 - one table of cases, read top to bottom (tests/core/test_sync_decide.py)
-    record: Record, previous: LedgerEntry | None, index: Index | None, options: SyncOptions
+    record: Record,
+    previous: LedgerEntry | None,
+    index: Index | None,
+    options: SyncOptions,
+    customers: Mapping[str, dict[str, Any]] | None = None,
+    contested: Mapping[str, frozenset[str]] | None = None,
 ) -> Decision:
     """What ``record`` needs, given its ledger entry (``previous``, None if it has none), the
     ``index`` of the Stripe customers found by matching value and the ``options``.
 
-    A pure function: no I/O, no mutation. ``index`` may be None only for a record the ledger
-    settles (see ``Syncer._needs_lookup``).
+    ``customers`` is every Stripe customer by id when the account was listed whole (a
+    reconciliation, or entries synced to another destination): a known customer is then checked
+    against Stripe itself rather than trusted. ``contested``: by customer id, the units another
+    pipeline also writes, which a reconciliation does not set back (each pipeline would undo the
+    other's). A pure function: no I/O, no mutation. ``index`` may be None only for a record the
+    ledger settles (see ``Syncer._needs_lookup``).
     """
     digest = payload_hash(record)
     entry = previous if previous is not None and previous.match == record.match else None
+    trusted = entry is not None and entry.destination == options.destination
     if entry is not None and entry.payload_hash == digest and not options.full_resync:
-        if entry.status == "synced":
+        if entry.status == "synced" and trusted and not options.reconcile:
             return UNCHANGED
         if entry.status == "rejected":
             kind = NOT_SENDABLE if entry.error.startswith(f"{NOT_SENDABLE}: ") else "rejected by Stripe"
             return Rejected(kind, f"{entry.error} (payload unchanged since; not resent)")
-        if entry.attempts >= options.give_up_after:
+        if entry.status == "failed" and entry.attempts >= options.give_up_after:
             return Rejected("given up", f"failed in {entry.attempts} runs in a row: {entry.error}")
-    done = LedgerEntry(record.match, (), digest, field_hashes(record.payload))
+    done = LedgerEntry(
+        record.match, (), digest, field_hashes(record.payload), destination=options.destination
+    )
+    drift = ""
     if entry is not None and entry.customer_ids and not options.full_resync:
-        if options.mode == "create_only":
-            return Skipped("exists; create_only never updates")
-        before, now = entry.fields(), done.fields()
-        units = frozenset(u for u in now if before.get(u) != now[u]) if before else None
-        return _update(record, replace(done, customer_ids=entry.customer_ids), (), units, previous)
+        kept = replace(done, customer_ids=entry.customer_ids, origin=entry.origin)
+        if customers is not None and (options.reconcile or not trusted):
+            found = tuple(customers[i] for i in entry.customer_ids if i in customers)
+            if len(found) == len(entry.customer_ids):  # the customers are in this Stripe: check them
+                if options.mode == "create_only":
+                    exists = "exists; create_only never updates"
+                    return Skipped(exists) if trusted else Remember(kept, exists)
+                same = trusted and entry.status == "synced" and entry.payload_hash == digest
+                units, withheld = _differing(record, found, contested)
+                return _update(record, kept, found, units, previous, "fields" if same else "", withheld)
+            # Gone from this Stripe: deleted (then re-created or re-matched), or another account.
+            drift = "deleted" if trusted else ""
+        elif trusted:
+            if options.mode == "create_only":
+                return Skipped("exists; create_only never updates")
+            before, now = entry.fields(), done.fields()
+            changed = frozenset(u for u in now if before.get(u) != now[u]) if before else None
+            return _update(record, kept, (), changed, previous)
     assert index is not None, "the index is built whenever a record misses the ledger"
     matches = index.get(record.match, ())
     if not matches:
         if options.mode == "update_only":
-            return Skipped(f"no Stripe customer has this {options.stripe_field}")
-        return Write(record, done, previous=previous)
+            gone = " (its customer was deleted in Stripe)" if drift else ""
+            return Skipped(f"no Stripe customer has this {options.stripe_field}{gone}")
+        return Write(record, replace(done, origin="created"), previous=previous, drift=drift)
     if len(matches) > 1 and options.duplicate_customers == "reject":
         listed = ", ".join(c["id"] for c in matches[:SAMPLES])
         return Rejected(
@@ -233,13 +300,28 @@ def decide(  # noqa: C901 - one table of cases, read top to bottom (tests/core/t
     if options.mode == "create_only":
         # Known to exist: remember the customer, but with no payload hash, so that a later
         # switch to an updating mode still sends the payload.
-        return Remember(LedgerEntry(record.match, ids, ""), "already in Stripe; create_only never updates")
+        known = LedgerEntry(record.match, ids, "", destination=options.destination, origin="matched")
+        return Remember(known, "already in Stripe; create_only never updates")
+    origin = entry.origin if entry is not None and set(ids) == set(entry.customer_ids) else "matched"
+    found = tuple(matches)
+    units, _ = _differing(record, found, None)
+    return _update(record, replace(done, customer_ids=ids, origin=origin), found, units, previous, drift)
+
+
+def _differing(
+    record: Record, customers: Sequence[dict[str, Any]], contested: Mapping[str, frozenset[str]] | None
+) -> tuple[frozenset[str], frozenset[str]]:
+    """The payload units some of ``customers`` do not hold, and those of them left alone because
+    another pipeline also writes them to every one of these customers."""
     units = frozenset(
         unit_of(path)
         for path, value in record.payload.items()
-        if not all(holds(c, path, value) for c in matches)
+        if not all(holds(c, path, value) for c in customers)
     )
-    return _update(record, replace(done, customer_ids=ids), tuple(matches), units, previous)
+    if not contested or not units:
+        return units, frozenset()
+    shared = units.intersection(*(contested.get(c["id"], frozenset()) for c in customers))
+    return units - shared, shared
 
 
 def _update(
@@ -248,11 +330,13 @@ def _update(
     customers: tuple[dict[str, Any], ...],
     units: frozenset[str] | None,
     previous: LedgerEntry | None,
+    drift: str = "",
+    withheld: frozenset[str] = frozenset(),
 ) -> Remember | Write:
     """An update of the changed units, or only ``done`` to remember when no unit Stripe sees changed."""
     if units is not None and not units:
-        return Remember(done)
-    return Write(record, done, done.customer_ids, customers, units, previous)
+        return Remember(done, withheld=withheld)
+    return Write(record, done, done.customer_ids, customers, units, previous, drift, withheld)
 
 
 # -- applying -------------------------------------------------------------------------------
@@ -282,29 +366,37 @@ class Syncer:
         """Sync every record; ``records`` is called once or twice (it must be re-readable).
 
         Only digests of the synced profiles are held in memory; the full ledger entries of the
-        records that are not plainly unchanged are fetched in batches as they stream by.
+        records that are not plainly unchanged are fetched in batches as they stream by. A
+        reconciliation (or a ledger written to another destination) lists the account once and
+        checks the known customers against it.
         """
-        synced = {} if self.options.full_resync else self.ledger.synced()
+        options = self.options
+        trusting = not (options.full_resync or options.reconcile)
+        synced = self.ledger.synced(options.destination) if trusting else {}
+        contested = self._contested() if options.reconcile else None
         misses = (
             record.match
             for record, entry in self._pending_entries(records(), synced)
-            if self.options.full_resync or self._needs_lookup(record, entry)
+            if options.full_resync or self._needs_lookup(record, entry)
         )
-        index: dict[str, list[dict[str, Any]]] | None = None
-        if self.options.stripe_field == "id":
+        index: Index | None = None
+        customers: dict[str, dict[str, Any]] | None = None
+        if options.stripe_field == "id" and not options.reconcile:
             ids = set(islice(misses, ID_LOOKUPS + 1))
             if len(ids) > ID_LOOKUPS:
-                index = self._build_index()
+                index, customers = self._build_index()
             elif ids:
                 index = self._look_up(ids)
         elif next(misses, None) is not None:
-            index = self._build_index()
-        options = self.options
+            index, customers = self._build_index()
         decisions = (
-            (record, decide(record, entry, index, options))
+            (record, decide(record, entry, index, options, customers, contested))
             for record, entry in self._pending_entries(records(), synced, count_unchanged=True)
         )
         self._execute(decisions)
+        for other, customer_id, units in self.ledger.overlaps(options.destination):  # as the run left it
+            for unit in units:
+                self.result.overlap(other, unit, customer_id)
         self.result.api_calls.update(self.api.calls)
         return self.result
 
@@ -319,28 +411,44 @@ class Syncer:
                 continue
             batch.append(record)
             if len(batch) == LEDGER_BATCH:
-                yield from self._with_entries(batch)
+                yield from self._with_entries(batch, count_unchanged)
                 batch = []
-        yield from self._with_entries(batch)
+        yield from self._with_entries(batch, count_unchanged)
 
-    def _with_entries(self, batch: list[Record]) -> Iterator[tuple[Record, LedgerEntry | None]]:
+    def _with_entries(
+        self, batch: list[Record], counting: bool
+    ) -> Iterator[tuple[Record, LedgerEntry | None]]:
         if batch:
             entries = self.ledger.entries([record.key for record in batch])
             for record in batch:
-                yield record, entries.get(record.key)
+                entry = entries.get(record.key)
+                if counting and entry is not None and entry.destination != self.options.destination:
+                    self.result.elsewhere[entry.destination or "(not recorded)"] += 1
+                yield record, entry
 
     def _needs_lookup(self, record: Record, entry: LedgerEntry | None) -> bool:
         """Whether ``decide`` will need the index of Stripe customers for this record."""
-        if entry is None or entry.match != record.match:
+        if entry is None or entry.match != record.match or entry.destination != self.options.destination:
             return True
         if entry.customer_ids:
-            return False
+            return self.options.reconcile
         settled = entry.status == "rejected" or entry.attempts >= self.options.give_up_after
         return not (settled and entry.payload_hash == payload_hash(record))
 
-    def _build_index(self) -> dict[str, list[dict[str, Any]]]:
+    def _contested(self) -> dict[str, frozenset[str]] | None:
+        """By customer id, the units another pipeline also writes to it, which a reconciliation
+        never sets back (see ``decide``); None when there are none."""
+        contested: dict[str, set[str]] = defaultdict(set)
+        for _, customer_id, units in self.ledger.overlaps(self.options.destination):
+            contested[customer_id].update(units)
+        return {customer: frozenset(units) for customer, units in contested.items()} or None
+
+    def _build_index(self) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
+        """Every Stripe customer, by matching value and by id: one listing of the account."""
         index: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        by_id: dict[str, dict[str, Any]] = {}
         for customer in self.api.list_all():
+            by_id[customer["id"]] = customer
             value = (
                 customer.get("id")
                 if self.options.stripe_field == "id"
@@ -348,10 +456,8 @@ class Syncer:
             )
             if value not in (None, ""):
                 index[normalise_match(self.options.stripe_field, value)].append(customer)
-        log.info(
-            "Indexed %d Stripe customers by %s", sum(map(len, index.values())), self.options.stripe_field
-        )
-        return index
+        log.info("Listed %d Stripe customers, indexed by %s", len(by_id), self.options.stripe_field)
+        return index, by_id
 
     def _look_up(self, ids: set[str]) -> dict[str, list[dict[str, Any]]]:
         """The index of the customers with these ids, one retrieve each (see ``ID_LOOKUPS``)."""
@@ -372,6 +478,13 @@ class Syncer:
             self._skip(record, decision.skipped)
         else:
             self.result.unchanged += 1
+            if isinstance(decision, Remember) and decision.withheld:
+                self._contest(record, decision.entry.customer_ids, decision.withheld)
+
+    def _contest(self, record: Record, ids: Sequence[str], units: frozenset[str]) -> None:
+        """Count a drift left alone: another pipeline writes these units to these customers too."""
+        self.result.contested += 1
+        self.result.sample("contested", f"{record.key} → {', '.join(ids)}: {', '.join(sorted(units))}")
 
     def _skip(self, record: Record, reason: str) -> None:
         self.result.skipped[reason] += 1
@@ -394,6 +507,7 @@ class Syncer:
                 except UnsendablePayload as exc:
                     self._reject(record, NOT_SENDABLE, f"{NOT_SENDABLE}: {exc}")
                     continue
+                self._drifted(decision)
                 self._count(decision, decision.customer_ids or ("(new)",))
             return
         limit = self.options.concurrency * 4
@@ -406,6 +520,7 @@ class Syncer:
                         if isinstance(decision, Remember):
                             self._stage(record.key, decision.entry)
                         continue
+                    self._drifted(decision)
                     running[pool.submit(self._send, decision)] = decision
                     if len(running) >= limit:
                         self._collect(running, wait(running, return_when=FIRST_COMPLETED).done)
@@ -466,6 +581,8 @@ class Syncer:
         """Same pipeline, profile, payload and last known customer → same key (see module doc)."""
         known = ",".join(write.previous.customer_ids) if write.previous else ""
         seed = f"{self.options.pipeline_id}\0{write.record.key}\0{write.entry.payload_hash}\0{known}"
+        if left := left_marker(write.previous):  # back after on_leave deleted its customer: a new one
+            seed += f"\0{left}"
         return "krenalis-" + hashlib.sha256(seed.encode()).hexdigest()[:40]
 
     def _customer(self, customer_id: str) -> threading.Lock:
@@ -526,9 +643,27 @@ class Syncer:
             status=status,
             attempts=failed_before + 1 if status == "failed" else 0,
             error=error,
+            destination=before.destination if before else write.entry.destination,
+            origin=before.origin if before else "",
         )
 
+    def _drifted(self, write: Write) -> None:
+        """Count a write that sets back what Stripe changed (or re-creates what it deleted)."""
+        if write.withheld:
+            self._contest(write.record, write.customer_ids, write.withheld)
+        if write.drift:
+            self.result.drifted += 1
+            what = "deleted in Stripe" if write.drift == "deleted" else ", ".join(sorted(write.units or ()))
+            ids = ", ".join(write.customer_ids or (write.previous.customer_ids if write.previous else ()))
+            self.result.sample("drifted", f"{write.record.key} → {ids}: {what}")
+
     def _count(self, write: Write, ids: tuple[str, ...]) -> None:
+        """Count a write Stripe confirmed (or, in a dry run, one that would be sent)."""
+        if write.drift:  # a repair, not a change of the profile
+            self.result.repaired += not self.options.dry_run
+            if not self.options.dry_run:
+                self.result.sample("repaired", f"{write.record.key} → {', '.join(ids)}")
+            return
         outcome = "updated" if write.customer_ids else "created"
         setattr(self.result, outcome, getattr(self.result, outcome) + 1)
         self.result.sample(outcome, f"{write.record.key} → {', '.join(ids)}")

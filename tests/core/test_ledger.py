@@ -100,7 +100,7 @@ def test_ensure_table_creates_the_prefixed_table(db: Backend) -> None:
     ledger.ensure_table()
     assert db.query(f"SELECT COUNT(*) FROM {db.table}") == [(0,)]
     assert ledger.entries(list(ENTRIES)) == {}
-    assert ledger.synced() == {}
+    assert ledger.synced("") == {}
 
 
 def test_ensure_table_is_idempotent_and_keeps_rows(db: Backend) -> None:
@@ -164,7 +164,7 @@ def test_reads_more_rows_than_one_fetch(db: Backend) -> None:
     ledger.ensure_table()
     many = {f"k{i:05d}": LedgerEntry(f"{i}@x.com", (f"cus_{i}",), f"{i:064d}") for i in range(10_007)}
     assert ledger.record(many) == 10_007
-    assert ledger.synced() == {key_digest(k): state_digest(e.payload_hash) for k, e in many.items()}
+    assert ledger.synced("") == {key_digest(k): state_digest(e.payload_hash) for k, e in many.items()}
     assert ledger.entries(list(many)) == many
 
 
@@ -207,7 +207,7 @@ def test_entries_are_per_pipeline(db: Backend) -> None:
     assert first.entries(keys) == {"p1": entry_a, "only_a": ENTRIES["p2"]}
     assert second.entries(keys) == {"p1": entry_b}
     assert db.ledger("pipe_c").entries(keys) == {}
-    assert db.ledger("pipe_c").synced() == {}
+    assert db.ledger("pipe_c").synced("") == {}
     # Updating one pipeline's row leaves the other's row with the same key alone.
     newer = LedgerEntry("ada@x.com", ("cus_a2",), "e" * 64)
     first.record({"p1": newer})
@@ -265,7 +265,7 @@ def test_synced_digests_cover_only_synced_profiles_with_a_payload(db: Backend) -
     ledger.ensure_table()
     failed = LedgerEntry("eve@x.com", (), "d" * 64, status="failed", attempts=1, error="503")
     ledger.record({**ENTRIES, "p5": failed})
-    synced = ledger.synced()
+    synced = ledger.synced("")
     assert synced == {
         key_digest(k): state_digest(e.payload_hash) for k, e in ENTRIES.items() if e.payload_hash
     }
@@ -280,3 +280,58 @@ def test_entries_fetches_the_asked_keys_in_batches(db: Backend) -> None:
     wanted = [f"k{i}" for i in range(0, 1203, 2)] + ["absent"]
     assert ledger.entries(wanted) == {key: many[key] for key in wanted if key in many}
     assert ledger.entries([]) == {}
+
+
+# --------------------------------------------------------------------------------------------
+# Destination and origin (columns added after the first release)
+
+
+def test_an_older_table_gains_destination_and_origin(db: Backend) -> None:
+    old_columns = (
+        "pipeline_id VARCHAR(250) NOT NULL, profile_key VARCHAR(500) NOT NULL, match_value TEXT NOT NULL,"
+        " customer_ids TEXT NOT NULL, payload_hash VARCHAR(64) NOT NULL, field_hashes TEXT NOT NULL,"
+        " status VARCHAR(10) NOT NULL, attempts INTEGER NOT NULL, error TEXT NOT NULL,"
+        " synced_at VARCHAR(40) NOT NULL, PRIMARY KEY (pipeline_id, profile_key)"
+    )
+    cursor = db.conn.cursor()
+    cursor.execute(f"CREATE TABLE {db.table} ({old_columns})")
+    cursor.execute(
+        f"INSERT INTO {db.table} VALUES ('pipe', 'p1', 'ada@x.com', 'cus_1', '{'a' * 64}', '', 'synced', 0, '', 'x')"
+    )
+    db.conn.commit()
+    cursor.close()
+    ledger = db.ledger()
+    ledger.ensure_table()
+    ledger.ensure_table()  # twice: the columns are only added once
+    assert ledger.entries(["p1"]) == {"p1": LedgerEntry("ada@x.com", ("cus_1",), "a" * 64)}
+    # Synced before destinations were recorded: not trusted for any destination.
+    assert ledger.synced("acct_1") == {}
+
+
+def test_entries_keep_their_destination_and_origin_and_synced_is_per_destination(db: Backend) -> None:
+    ledger = db.ledger()
+    ledger.ensure_table()
+    here = LedgerEntry("ada@x.com", ("cus_1",), "a" * 64, destination="acct_1", origin="created")
+    there = LedgerEntry("bob@x.com", ("cus_2",), "b" * 64, destination="key:abc", origin="matched")
+    ledger.record({"p1": here, "p2": there})
+    assert ledger.entries(["p1", "p2"]) == {"p1": here, "p2": there}
+    assert ledger.synced("acct_1") == {key_digest("p1"): state_digest("a" * 64)}
+    assert ledger.synced("key:abc") == {key_digest("p2"): state_digest("b" * 64)}
+
+
+def test_overlaps_name_the_other_pipelines_of_the_destination_and_the_shared_units(db: Backend) -> None:
+    def entry(customer: str, destination: str, *units: str) -> LedgerEntry:
+        hashes = "{" + ",".join(f'"{unit}":"0"' for unit in units) + "}"
+        return LedgerEntry("m", (customer,), "a" * 64, hashes, destination=destination)
+
+    a, b, c = db.ledger("a"), db.ledger("b"), db.ledger("c")
+    a.ensure_table()
+    a.record({"1": entry("cus_1", "acct_1", "name", "metadata.plan"), "2": entry("cus_2", "acct_1", "name")})
+    b.record({"1": entry("cus_1", "acct_1", "name", "phone"), "3": entry("cus_3", "acct_1", "name")})
+    c.record({"1": entry("cus_1", "acct_2", "name")})  # another Stripe: its cus_1 is another customer
+    b.record({"9": entry("cus_2", "acct_1", "phone")})  # same customer, no shared unit
+
+    assert list(a.overlaps("acct_1")) == [("b", "cus_1", frozenset({"name"}))]
+    assert list(b.overlaps("acct_1")) == [("a", "cus_1", frozenset({"name"}))]
+    assert list(c.overlaps("acct_2")) == []
+    assert list(a.overlaps("acct_9")) == []

@@ -149,6 +149,12 @@ class StubApi:
     def find(self, customer_id: str) -> dict[str, Any] | None:
         return None
 
+    def account_id(self) -> str | None:
+        return None
+
+    def delete(self, customer_id: str) -> None:
+        self.calls["customers.delete"] += 1
+
     def create(self, params: dict[str, Any], idempotency_key: str) -> str:
         self.calls["customers.create"] += 1
         return f"cus_{self.calls['customers.create']}"

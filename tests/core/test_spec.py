@@ -818,3 +818,58 @@ def test_unique_ids_across_paths_is_the_same_rule(tmp_path: Path) -> None:
 
 def test_discover_empty_folder(tmp_path: Path) -> None:
     assert discover(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Reconciliation and profiles that leave
+
+
+def test_reconcile_and_leave_defaults(tmp_path: Path) -> None:
+    export = load_spec(write(tmp_path, MINIMAL)).export
+    assert (export.reconcile, export.reconcile_every) == ("24h", timedelta(hours=24))
+    assert (export.on_leave, export.max_leave) == ("keep", "10%")
+    assert export.leave_limit(1000) == 100
+
+
+@pytest.mark.parametrize(
+    ("written", "every"),
+    [
+        ("'off'", None),
+        ("off", None),
+        ("30m", timedelta(minutes=30)),
+        ("6h", timedelta(hours=6)),
+        ("7d", timedelta(days=7)),
+    ],
+)
+def test_reconcile_cadence(tmp_path: Path, written: str, every: timedelta | None) -> None:
+    text = edit("  duplicate_customers: reject\n", f"  duplicate_customers: reject\n  reconcile: {written}\n")
+    assert load_spec(write(tmp_path, text)).export.reconcile_every == every
+
+
+@pytest.mark.parametrize("written", ["0h", "daily", "24", "1w", "-1h"])
+def test_a_bad_reconcile_cadence_says_what_is_allowed(tmp_path: Path, written: str) -> None:
+    text = edit("  duplicate_customers: reject\n", f"  duplicate_customers: reject\n  reconcile: {written}\n")
+    assert_problem(
+        tmp_path,
+        text,
+        line=line_of(text, "reconcile:"),
+        key="export.reconcile",
+        says=(f"{written}", "is not 'off' or an interval such as 30m, 6h, 24h or 7d"),
+    )
+
+
+@pytest.mark.parametrize(("written", "limit"), [("0", 0), ("25", 25), ("'5%'", 50), ("'100%'", 1000)])
+def test_max_leave_is_a_count_or_a_share_of_the_ledger(tmp_path: Path, written: str, limit: int) -> None:
+    text = edit("  duplicate_customers: reject\n", f"  duplicate_customers: reject\n  max_leave: {written}\n")
+    assert load_spec(write(tmp_path, text)).export.leave_limit(1000) == limit
+
+
+def test_a_bad_max_leave_says_what_is_allowed(tmp_path: Path) -> None:
+    text = edit("  duplicate_customers: reject\n", "  duplicate_customers: reject\n  max_leave: lots\n")
+    assert_problem(
+        tmp_path,
+        text,
+        line=line_of(text, "max_leave:"),
+        key="export.max_leave",
+        says=("'lots' is not a count (e.g. 50) or a percentage of the profiles in the ledger (e.g. 5%)",),
+    )

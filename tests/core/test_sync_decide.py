@@ -48,12 +48,14 @@ def failed(attempts: int, *ids: str) -> LedgerEntry:
 
 
 REMEMBERED = LedgerEntry(MATCH, ("cus_1",), "")  # create_only found it in Stripe: no payload hash
+FOUND = dataclasses.replace(REMEMBERED, origin="matched")  # what create_only records when it finds one
 MOVED = dataclasses.replace(synced("cus_9"), match="old@example.com")  # matching value changed since
 
 
-def done(record: Record, *ids: str) -> LedgerEntry:
-    """The entry the ledger records once Stripe confirms ``record``."""
-    return LedgerEntry(record.match, ids, payload_hash(record), field_hashes(record.payload))
+def done(record: Record, *ids: str, origin: str = "") -> LedgerEntry:
+    """The entry the ledger records once Stripe confirms ``record`` (``origin``: "created" by this
+    pipeline, "matched" in Stripe, or as the ledger already had it)."""
+    return LedgerEntry(record.match, ids, payload_hash(record), field_hashes(record.payload), origin=origin)
 
 
 NO_INDEX = None  # not built: no record needed it
@@ -79,11 +81,11 @@ TABLE: list[tuple[str, LedgerEntry | None, Index | None, str, bool, Record, Deci
     ("not sendable before, unchanged",     rejected(f"{NOT_SENDABLE}: x"), NO_INDEX, CU, False, SAME,
      Rejected(NOT_SENDABLE, f"{NOT_SENDABLE}: x (payload unchanged since; not resent)")),
     ("rejected before, payload changed",   rejected("bad email"),    MISS,        CU,   False, CHANGED,
-     Write(CHANGED, done(CHANGED), previous=rejected("bad email"))),
+     Write(CHANGED, done(CHANGED, origin="created"), previous=rejected("bad email"))),
     ("given up after N failures",          failed(3),                NO_INDEX,    CU,   False, SAME,
      Rejected("given up", "failed in 3 runs in a row: timeout")),
     ("failed fewer than N: retried",       failed(2),                MISS,        CU,   False, SAME,
-     Write(SAME, done(SAME), previous=failed(2))),
+     Write(SAME, done(SAME, origin="created"), previous=failed(2))),
     ("failed, customer known: retried",    failed(2, "cus_1"),       NO_INDEX,    CU,   False, SAME,
      Write(SAME, done(SAME, "cus_1"), ("cus_1",), (), None, failed(2, "cus_1"))),
     ("ledger knows customer: changed units", synced("cus_1"),        NO_INDEX,    CU,   False, CHANGED,
@@ -98,46 +100,54 @@ TABLE: list[tuple[str, LedgerEntry | None, Index | None, str, bool, Record, Deci
     ("create_only, known customer",        synced("cus_1"),          NO_INDEX,    C,    False, CHANGED,
      Skipped("exists; create_only never updates")),
     ("index miss: create",                 None,                     MISS,        CU,   False, SAME,
-     Write(SAME, done(SAME))),
+     Write(SAME, done(SAME, origin="created"))),
     ("index miss, create_only: create",    None,                     MISS,        C,    False, SAME,
-     Write(SAME, done(SAME))),
+     Write(SAME, done(SAME, origin="created"))),
     ("index miss, update_only: skip",      None,                     MISS,        U,    False, SAME,
      Skipped("no Stripe customer has this email")),
     ("matching value moved: as unknown",   MOVED,                    MISS,        CU,   False, SAME,
-     Write(SAME, done(SAME), previous=MOVED)),
+     Write(SAME, done(SAME, origin="created"), previous=MOVED)),
     ("several customers: reject",          None,                     TWO,         CU,   False, SAME,
      Rejected("several Stripe customers", TWO_LISTED)),
     ("several customers, update_only: reject", None,                 TWO,         U,    False, SAME,
      Rejected("several Stripe customers", TWO_LISTED)),
     ("create_only found in index: remember, skip", None,             ONE_HOLDS,   C,    False, SAME,
-     Remember(REMEMBERED, "already in Stripe; create_only never updates")),
+     Remember(FOUND, "already in Stripe; create_only never updates")),
     ("Stripe holds the payload: remember", None,                     ONE_HOLDS,   CU,   False, SAME,
-     Remember(done(SAME, "cus_1"))),
+     Remember(done(SAME, "cus_1", origin="matched"))),
     ("Stripe holds it, update_only",       None,                     ONE_HOLDS,   U,    False, SAME,
-     Remember(done(SAME, "cus_1"))),
+     Remember(done(SAME, "cus_1", origin="matched"))),
     ("Stripe differs: update those units", None,                     ONE_DIFFERS, CU,   False, SAME,
-     Write(SAME, done(SAME, "cus_2"), ("cus_2",), (DIFFERS,), frozenset({"name"}))),
+     Write(SAME, done(SAME, "cus_2", origin="matched"), ("cus_2",), (DIFFERS,), frozenset({"name"}))),
     ("full_resync, unchanged, Stripe holds it", synced("cus_1"),     ONE_HOLDS,   CU,   True,  SAME,
      Remember(done(SAME, "cus_1"))),
     ("full_resync, customer deleted: create", synced("cus_1"),       MISS,        CU,   True,  SAME,
-     Write(SAME, done(SAME), previous=synced("cus_1"))),
+     Write(SAME, done(SAME, origin="created"), previous=synced("cus_1"))),
     ("full_resync, rejected before: resent", rejected("bad email"), ONE_DIFFERS, CU,   True,  SAME,
-     Write(SAME, done(SAME, "cus_2"), ("cus_2",), (DIFFERS,), frozenset({"name"}), rejected("bad email"))),
+     Write(SAME, done(SAME, "cus_2", origin="matched"), ("cus_2",), (DIFFERS,), frozenset({"name"}),
+           rejected("bad email"))),
     ("full_resync, given up: retried",     failed(3),                MISS,        CU,   True,  SAME,
-     Write(SAME, done(SAME), previous=failed(3))),
+     Write(SAME, done(SAME, origin="created"), previous=failed(3))),
     ("full_resync, create_only, known",    synced("cus_1"),          ONE_HOLDS,   C,    True,  SAME,
-     Remember(REMEMBERED, "already in Stripe; create_only never updates")),
+     Remember(FOUND, "already in Stripe; create_only never updates")),
 ]
 # fmt: on
 
+BOTH = done(SAME, "cus_1", "cus_2", origin="matched")
 DUPLICATES_UPDATE_ALL = [
     # several customers, update_all: every one, with the units any of them lacks
     (
         CU,
-        Write(SAME, done(SAME, "cus_1", "cus_2"), ("cus_1", "cus_2"), (HOLDS, DIFFERS), frozenset({"name"})),
+        Write(SAME, BOTH, BOTH.customer_ids, (HOLDS, DIFFERS), frozenset({"name"})),
     ),
-    (U, Write(SAME, done(SAME, "cus_1", "cus_2"), ("cus_1", "cus_2"), (HOLDS, DIFFERS), frozenset({"name"}))),
-    (C, Remember(LedgerEntry(MATCH, ("cus_1", "cus_2"), ""), "already in Stripe; create_only never updates")),
+    (U, Write(SAME, BOTH, BOTH.customer_ids, (HOLDS, DIFFERS), frozenset({"name"}))),
+    (
+        C,
+        Remember(
+            LedgerEntry(MATCH, ("cus_1", "cus_2"), "", origin="matched"),
+            "already in Stripe; create_only never updates",
+        ),
+    ),
 ]
 
 
@@ -188,3 +198,85 @@ def test_decide_is_pure() -> None:
     assert (entry, index, SAME.payload) == before
     with pytest.raises(dataclasses.FrozenInstanceError):
         first.units = None  # type: ignore[misc,union-attr]
+
+
+# -- verifying against a listing: reconciliation, and entries synced to another destination ------
+
+HERE, ELSEWHERE = "acct_here", "key:0123456789abcdef0123"
+LISTED = {"cus_1": HOLDS}  # every customer of the account, by id (the listing)
+DRIFTED = {"cus_1": {**HOLDS, "name": "Edited in the dashboard"}}
+
+
+def here(entry: LedgerEntry, destination: str = HERE) -> LedgerEntry:
+    return dataclasses.replace(entry, destination=destination)
+
+
+def kept(record: Record, *ids: str) -> LedgerEntry:
+    return dataclasses.replace(done(record, *ids), destination=HERE)
+
+
+# fmt: off
+VERIFY: list[tuple[str, LedgerEntry, Index | None, dict[str, dict[str, Any]], str, bool, Record, Decision]] = [
+    # id,                                   ledger entry,              index,     listing, mode, reconcile, record → decision
+    ("reconcile: Stripe holds it",          here(synced("cus_1")),     MISS,      LISTED,  CU, True,  SAME,
+     Remember(kept(SAME, "cus_1"))),
+    ("reconcile: a field drifted",          here(synced("cus_1")),     MISS,      DRIFTED, CU, True,  SAME,
+     Write(SAME, kept(SAME, "cus_1"), ("cus_1",), (DRIFTED["cus_1"],), frozenset({"name"}),
+           here(synced("cus_1")), "fields")),
+    ("reconcile: changed profile, not drift", here(synced("cus_1")),   MISS,      LISTED,  CU, True,  CHANGED,
+     Write(CHANGED, kept(CHANGED, "cus_1"), ("cus_1",), (HOLDS,), frozenset({"name"}), here(synced("cus_1")))),
+    ("reconcile: deleted, re-created",      here(synced("cus_1")),     MISS,      {},      CU, True,  SAME,
+     Write(SAME, dataclasses.replace(kept(SAME), origin="created"), previous=here(synced("cus_1")),
+           drift="deleted")),
+    ("reconcile: deleted, update_only",     here(synced("cus_1")),     MISS,      {},      U,  True,  SAME,
+     Skipped("no Stripe customer has this email (its customer was deleted in Stripe)")),
+    ("reconcile: create_only never repairs", here(synced("cus_1")),    MISS,      DRIFTED, C,  True,  SAME,
+     Skipped("exists; create_only never updates")),
+    ("reconcile: rejected stays rejected",  here(rejected("bad email", "cus_1")), MISS, LISTED, CU, True, SAME,
+     Rejected("rejected by Stripe", "bad email (payload unchanged since; not resent)")),
+    ("no reconcile: trusted, unchanged",    here(synced("cus_1")),     NO_INDEX,  LISTED,  CU, False, SAME,
+     UNCHANGED),
+    ("other destination, same account: re-found by id", here(synced("cus_1"), ELSEWHERE), MISS, LISTED, CU, False,
+     SAME, Remember(kept(SAME, "cus_1"))),
+    ("other destination, fresh Stripe: create", here(synced("cus_1"), ELSEWHERE), MISS, {}, CU, False, SAME,
+     Write(SAME, dataclasses.replace(kept(SAME), origin="created"), previous=here(synced("cus_1"), ELSEWHERE))),
+    ("other destination, found by email",   here(synced("cus_1"), ELSEWHERE), ONE_DIFFERS, {"cus_2": DIFFERS}, CU,
+     False, SAME, Write(SAME, dataclasses.replace(kept(SAME, "cus_2"), origin="matched"), ("cus_2",), (DIFFERS,),
+                        frozenset({"name"}), here(synced("cus_1"), ELSEWHERE))),
+    ("other destination, create_only: remembered", here(synced("cus_1"), ELSEWHERE), MISS, LISTED, C, False, SAME,
+     Remember(kept(SAME, "cus_1"), "exists; create_only never updates")),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("entry", "index", "listing", "mode", "reconcile", "record", "expected"),
+    [pytest.param(*row[1:], id=row[0]) for row in VERIFY],
+)
+def test_decide_verifies_against_the_listing(
+    entry: LedgerEntry,
+    index: Index | None,
+    listing: dict[str, dict[str, Any]],
+    mode: str,
+    reconcile: bool,
+    record: Record,
+    expected: Decision,
+) -> None:
+    settings = options(mode, destination=HERE, reconcile=reconcile)
+    assert decide(record, entry, index, settings, listing) == expected
+
+
+def test_reconcile_leaves_alone_units_another_pipeline_writes() -> None:
+    settings = options(CU, destination=HERE, reconcile=True)
+    contested = {"cus_1": frozenset({"name"})}
+    decision = decide(SAME, here(synced("cus_1")), MISS, settings, DRIFTED, contested)
+    assert decision == Remember(kept(SAME, "cus_1"), withheld=frozenset({"name"}))
+    # a unit nobody else writes is still set back
+    both = {"cus_1": {**DRIFTED["cus_1"], "metadata": {"plan": "free"}}}
+    decision = decide(SAME, here(synced("cus_1")), MISS, settings, both, contested)
+    assert isinstance(decision, Write)
+    assert (decision.units, decision.withheld, decision.drift) == (
+        frozenset({"metadata.plan"}),
+        frozenset({"name"}),
+        "fields",
+    )

@@ -1,0 +1,139 @@
+"""Which Stripe a pipeline writes to, as a name that never contains the key.
+
+The ledger, the shared rate limit and the overlap check all need to know whether two runs (or two
+pipelines) write to the same Stripe. The best name is the account id (``acct_…``), read with
+``GET /v1/account`` when the key may read it. Restricted keys with only Customers permissions
+usually may not: then the name is a digest of the API base URL and the key, which tells two keys
+apart but not that they belong to one account (a rotated key looks like a new destination, so the
+ledger is re-verified once against Stripe rather than trusted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+KEY_PREFIX = "key:"
+
+
+def key_fingerprint(api_key: str, api_base: str) -> str:
+    """A stable, non-reversible name for (base URL, key): ``key:`` and 20 hex digits."""
+    digest = hashlib.sha256(f"{api_base.rstrip('/')}\0{api_key}".encode()).hexdigest()
+    return KEY_PREFIX + digest[:20]
+
+
+def is_account(destination: str) -> bool:
+    """Whether ``destination`` is a Stripe account id rather than a key fingerprint."""
+    return destination.startswith("acct_")
+
+
+class Destinations:
+    """What the state store remembers about destinations, beside the ledger.
+
+    ``<prefix>stripe_accounts``: key fingerprint → the account it belongs to (``""`` when the key
+    may not read it). A key belongs to one account for life, so the account is read once per key
+    (``GET /v1/account``) and never again: a rerun costs no read. ``<prefix>reconciled``: when
+    each pipeline last reconciled its ledger with each destination (see ``reconcile_due``).
+    A dry run (``writable=False``) reads what is there and writes nothing.
+    """
+
+    def __init__(self, connection: Any, placeholder: str, table_prefix: str, *, writable: bool = True):
+        self._conn = connection
+        self._ph = placeholder
+        self._writable = writable
+        self.accounts = f"{table_prefix}stripe_accounts"
+        self.reconciled = f"{table_prefix}reconciled"
+        if writable:
+            self._execute(
+                f"CREATE TABLE IF NOT EXISTS {self.accounts} (fingerprint VARCHAR(64) NOT NULL PRIMARY KEY,"
+                " account VARCHAR(64) NOT NULL, checked_at VARCHAR(40) NOT NULL)"
+            )
+            self._execute(
+                f"CREATE TABLE IF NOT EXISTS {self.reconciled} (pipeline_id VARCHAR(250) NOT NULL,"
+                " destination VARCHAR(64) NOT NULL, reconciled_at VARCHAR(40) NOT NULL,"
+                " PRIMARY KEY (pipeline_id, destination))"
+            )
+            self._conn.commit()
+
+    def resolve(self, fingerprint: str, read_account: Callable[[], str | None]) -> str:
+        """The run's destination: the account of the key, read once per key, else ``fingerprint``."""
+        known = self._one(f"SELECT account FROM {self.accounts} WHERE fingerprint = {self._ph}", fingerprint)
+        if known is None:
+            known = read_account() or ""
+            if self._writable and fingerprint:
+                self._upsert(
+                    self.accounts, ("fingerprint", "account", "checked_at"), (fingerprint, known, _now())
+                )
+        return known or fingerprint
+
+    def reconciled_at(self, pipeline_id: str, destination: str) -> datetime | None:
+        """When ``pipeline_id`` last reconciled with ``destination`` (None: never)."""
+        found = self._one(
+            f"SELECT reconciled_at FROM {self.reconciled} WHERE pipeline_id = {self._ph} AND destination = {self._ph}",
+            pipeline_id,
+            destination,
+        )
+        return datetime.fromisoformat(found) if found else None
+
+    def record_reconciled(self, pipeline_id: str, destination: str, when: datetime) -> None:
+        """Note a completed reconciliation (never in a dry run)."""
+        if self._writable:
+            values = (pipeline_id, destination, when.isoformat(timespec="seconds"))
+            self._upsert(self.reconciled, ("pipeline_id", "destination", "reconciled_at"), values, keys=2)
+
+    def _one(self, sql: str, *params: str) -> str | None:
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        except Exception:  # a dry run before any run: the table is not there (each driver has its own class)
+            self._conn.rollback()
+            return None
+        finally:
+            cursor.close()
+        return None if row is None else str(row[0])
+
+    def _upsert(self, table: str, columns: tuple[str, ...], values: tuple[str, ...], keys: int = 1) -> None:
+        """Insert or replace a row; its first ``keys`` columns are the primary key."""
+        marks = ", ".join([self._ph] * len(columns))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns[keys:])
+        self._execute(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+            f" ON CONFLICT ({', '.join(columns[:keys])}) DO UPDATE SET {updates}",
+            values,
+        )
+        self._conn.commit()
+
+    def _execute(self, sql: str, params: tuple[str, ...] = ()) -> None:
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(sql, params) if params else cursor.execute(sql)
+        finally:
+            cursor.close()
+
+
+def reconcile_due(requested: bool, every: timedelta | None, last: datetime | None, now: datetime) -> str:
+    """Why this run reconciles ("" when it does not): asked for, never done on this destination
+    (a new pipeline, or a new Stripe), or ``export.reconcile``'s interval has passed."""
+    if requested:
+        return "asked for (reconcile: true)"
+    if every is None:
+        return ""
+    if last is None:
+        return "first run on this destination"
+    if now - last >= every:
+        return (
+            f"last reconciled {last.isoformat(timespec='minutes')}, export.reconcile is every {_words(every)}"
+        )
+    return ""
+
+
+def _words(interval: timedelta) -> str:
+    hours = interval.total_seconds() / 3600
+    return f"{hours:g}h" if hours >= 1 else f"{interval.total_seconds() / 60:g}m"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
