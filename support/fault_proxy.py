@@ -13,7 +13,8 @@ idempotency paths of the sync engine would go untested against it. This proxy si
 
 What it injects, in the order a request meets it (the first that applies wins):
 
-1. **Rate limits** (token buckets, global and per endpoint) → 429 ``rate_limit``.
+1. **Rate limits** (token buckets, global and per endpoint; for the whole proxy, or per API key
+   and ``Stripe-Account`` as Stripe counts them with ``RateLimits(per_key=True)``) → 429 ``rate_limit``.
 2. **Scheduled faults** (``fail_next``, ``burst_5xx``): the next *n* requests (optionally of one
    endpoint) get a given fault.
 3. **Random faults** drawn from a seeded ``random.Random``: ``error_rate_429`` (429 ``rate_limit``),
@@ -152,13 +153,15 @@ class RateLimits:
     ``global_rps`` covers all requests, ``endpoint_rps`` each endpoint (see ``endpoint_of``), and
     ``per_endpoint`` overrides it for named endpoints. A bucket holds ``burst`` seconds' worth of
     tokens (1 s: a client may send ``rate`` requests at once, then ``rate`` per second). A refused
-    request takes no token.
+    request takes no token. ``per_key``: every account (API key and ``Stripe-Account`` header)
+    has buckets of its own, as on Stripe; otherwise one set of buckets serves every request.
     """
 
     global_rps: float | None = None
     endpoint_rps: float | None = None
     per_endpoint: Mapping[str, float] = field(default_factory=dict)
     burst: float = 1.0
+    per_key: bool = False
 
     def endpoint_rate(self, endpoint: str) -> float | None:
         return self.per_endpoint.get(endpoint, self.endpoint_rps)
@@ -326,6 +329,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._config = (config or FaultConfig()).validated()
         self._limiter = _Limiter(self._config.rate_limits) if self._config.rate_limits else None
+        self._key_limiters: dict[tuple[str, str], _Limiter] = {}  # rate_limits.per_key: by account
         self._rng = random.Random(seed)
         self._jitter_rng = random.Random(seed + 1)
         self._scheduled: list[_Scheduled] = []
@@ -428,6 +432,7 @@ class FaultProxy:
             new = dataclasses.replace(config or self._config, **changes).validated()
             if new.rate_limits != self._config.rate_limits or self._limiter is None:
                 self._limiter = _Limiter(new.rate_limits) if new.rate_limits else None
+                self._key_limiters.clear()
             self._config = new
             return new
 
@@ -436,6 +441,7 @@ class FaultProxy:
         with self._lock:
             self._config = FaultConfig()
             self._limiter = None
+            self._key_limiters.clear()
             self._scheduled.clear()
             self.seed = self.seed if seed is None else seed
             self._rng = random.Random(self.seed)
@@ -502,7 +508,7 @@ class FaultProxy:
         with self._lock:
             self._stats.received[endpoint] += 1
             config = self._config
-            fault = self._front_fault(endpoint, config, request.method)
+            fault = self._front_fault(endpoint, config, request.method, _account(request))
         if isinstance(fault, web.Response):
             return fault
         if fault is not None and fault.when == "before":
@@ -530,16 +536,27 @@ class FaultProxy:
                 with self._lock:
                     self._in_flight.discard(idem)
 
-    def _front_fault(self, endpoint: str, config: FaultConfig, method: str) -> web.Response | _Drop | None:
+    def _front_fault(
+        self, endpoint: str, config: FaultConfig, method: str, account: tuple[str, str]
+    ) -> web.Response | _Drop | None:
         """Rate limits, scheduled faults, random faults (caller holds the lock)."""
-        if self._limiter is not None:
-            refused_by = self._limiter.admit(endpoint)
+        limiter = self._limiter_for(account)
+        if limiter is not None:
+            refused_by = limiter.admit(endpoint)
             if refused_by is not None:
                 return self._fault(f"rate_limit_{refused_by}", endpoint, self._rate_limited(config))
         scheduled = self._take_scheduled(endpoint)
         if scheduled is not None:
             return self._scheduled_fault(scheduled, endpoint, config)
         return self._random_fault(endpoint, config, method)
+
+    def _limiter_for(self, account: tuple[str, str]) -> _Limiter | None:
+        """The buckets that count this account's request (caller holds the lock)."""
+        if self._limiter is None or not self._limiter.limits.per_key:
+            return self._limiter
+        if account not in self._key_limiters:
+            self._key_limiters[account] = _Limiter(self._limiter.limits)
+        return self._key_limiters[account]
 
     def _take_scheduled(self, endpoint: str) -> _Scheduled | None:
         for entry in self._scheduled:
@@ -704,6 +721,11 @@ class FaultProxy:
         if request.transport is not None:
             request.transport.abort()
         return web.Response(status=499)
+
+
+def _account(request: web.Request) -> tuple[str, str]:
+    """What Stripe limits a request by: the API key (``Authorization``) and ``Stripe-Account``."""
+    return (request.headers.get("Authorization", ""), request.headers.get("Stripe-Account", ""))
 
 
 def _end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:

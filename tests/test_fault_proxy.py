@@ -171,6 +171,19 @@ def test_endpoint_rate_limit_counts_each_endpoint_apart(
     assert set(fault_proxy.stats()["faulted"]["rate_limit_endpoint"]) == {"GET /v1/customers/{id}"}
 
 
+def test_per_key_rate_limits_give_every_account_its_own_buckets(fault_proxy: FaultProxy) -> None:
+    fault_proxy.configure(rate_limits=RateLimits(global_rps=5, per_key=True))  # 5 tokens each
+    one = client_for(fault_proxy)
+    other = stripe.StripeClient("sk_test_another_account", base_addresses={"api": fault_proxy.url})
+    first = [outcome(one.v1.customers.list) for _ in range(8)]
+    second = [outcome(other.v1.customers.list) for _ in range(3)]
+    assert first.count("RateLimitError") >= 2  # its 5 tokens are spent...
+    assert second == ["ok"] * 3  # ...but not the other account's
+    fault_proxy.configure(rate_limits=RateLimits(global_rps=5))  # one set of buckets for all
+    shared = [outcome(c.v1.customers.list) for c in (one, other) * 5]
+    assert shared.count("RateLimitError") >= 2
+
+
 # -- Stripe's error shapes -------------------------------------------------------------------------
 
 

@@ -5,6 +5,9 @@ Stripe allows 100 requests/s in live mode and 25 in test mode, and by default 25
 holds one token bucket for the account and one per endpoint; every request takes a token from
 both, waiting as long as needed. A 429 from Stripe halves the rates for a while (the account may
 be shared with other clients), and they climb back as requests succeed.
+
+Several pipelines writing to one account at once share its limits: ``core/shared_limit.py``
+counts them through the state store and gives each ``RateLimiter`` its part (``set_share``).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class TokenBucket:
         self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.rate = rate
+        self._auto_burst = burst is None
         self.burst = burst if burst is not None else max(1.0, rate / 5)
         self._clock = clock
         self._tokens = self.burst
@@ -70,9 +74,29 @@ class TokenBucket:
             self._tokens -= 1
             return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
+    def retune(self, rate: float) -> None:
+        """Change the rate from now on (tokens saved so far were earned at the old one).
+
+        A bucket built without an explicit ``burst`` keeps a fifth of a second's worth, so a
+        smaller share also saves up less.
+        """
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            self.rate = rate
+            if self._auto_burst:
+                self.burst = max(1.0, rate / 5)
+                self._tokens = min(self._tokens, self.burst)
+
 
 class RateLimiter:
-    """A global bucket and one bucket per endpoint, with back-off when Stripe says 429."""
+    """A global bucket and one bucket per endpoint, with back-off when Stripe says 429.
+
+    ``limits`` are the account's; ``share`` (``set_share``) is this limiter's part of them when
+    other processes use the same account: 4 holders of 100/s get 25/s each. The back-off works
+    within the share.
+    """
 
     def __init__(
         self,
@@ -87,6 +111,7 @@ class RateLimiter:
         self._endpoints: dict[str, TokenBucket] = {}
         self._lock = threading.Lock()
         self._slowed_at = -1e9
+        self._share = Limits(limits.global_rate, min(limits.endpoint_rate, limits.global_rate))
         self.waited = 0.0  # seconds spent waiting for tokens, summed over threads (benchmarks read it)
 
     def acquire(self, endpoint: str) -> None:
@@ -100,7 +125,7 @@ class RateLimiter:
             self._sleep(delay)
 
     def slow_down(self) -> None:
-        """Stripe said 429: halve every rate (never below 1/s), at most once a second.
+        """Stripe said 429: halve every rate (never below 1/s, or the share if less), at most once a second.
 
         Requests in flight when the limit was hit come back with 429s together; they are one
         signal, not many, or the rate would collapse to the floor.
@@ -110,15 +135,38 @@ class RateLimiter:
             if now - self._slowed_at < 1.0:
                 return
             self._slowed_at = now
+            floor = min(1.0, self._share.global_rate)
             for bucket in (self._global, *self._endpoints.values()):
-                bucket.rate = max(1.0, bucket.rate / 2)
+                bucket.rate = max(floor, bucket.rate / 2)
 
     def speed_up(self) -> None:
         """A request succeeded: win back a little of the rate lost to 429s."""
         with self._lock:
-            self._global.rate = min(self.limits.global_rate, self._global.rate * 1.01)
+            self._global.rate = min(self._share.global_rate, self._global.rate * 1.01)
             for bucket in self._endpoints.values():
                 bucket.rate = min(self._endpoint_rate(), bucket.rate * 1.01)
 
+    @property
+    def share(self) -> Limits:
+        """The rates this limiter runs at when Stripe has not said 429: its part of ``limits``."""
+        return self._share
+
+    def set_share(self, share: Limits) -> None:
+        """Run at ``share`` from now on (never above ``limits``), keeping any 429 back-off.
+
+        A limiter slowed to half its old share runs at half the new one: the back-off is a
+        fraction, the share its ceiling.
+        """
+        global_rate = min(self.limits.global_rate, share.global_rate)
+        new = Limits(global_rate, min(self.limits.endpoint_rate, share.endpoint_rate, global_rate))
+        with self._lock:
+            old, self._share = self._share, new
+            if new == old:
+                return
+            self._global.retune(min(new.global_rate, self._global.rate * new.global_rate / old.global_rate))
+            scale = new.endpoint_rate / old.endpoint_rate
+            for bucket in self._endpoints.values():
+                bucket.retune(min(self._endpoint_rate(), bucket.rate * scale))
+
     def _endpoint_rate(self) -> float:
-        return min(self.limits.endpoint_rate, self._global.rate)
+        return min(self._share.endpoint_rate, self._global.rate)

@@ -25,6 +25,7 @@ import stripe
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
+from krenalis_airflow.core.destination import key_fingerprint
 from krenalis_airflow.core.ratelimit import Limits
 from krenalis_airflow.core.redact import redact, redact_stripe_logs
 from krenalis_airflow.core.stripe_api import KEY_FIX, key_rejected, permission_missing
@@ -52,6 +53,13 @@ class StripeSettings:
     def mode(self) -> Literal["test", "live"]:
         """``"test"`` for ``sk_test_``/``rk_test_`` keys, else ``"live"``."""
         return _mode(self.api_key)
+
+    @property
+    def fingerprint(self) -> str:
+        """The Stripe these settings write to, named without the key (``key:`` and a digest;
+        ``core/destination.py``): the shared rate limit's name, and the ledger's until the key's
+        account is known."""
+        return key_fingerprint(self.api_key, self.api_base)
 
 
 def settings_from_connection(conn: Connection) -> StripeSettings:

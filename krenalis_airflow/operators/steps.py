@@ -19,6 +19,7 @@ from airflow.sdk import BaseHook, ObjectStoragePath
 
 from krenalis_airflow.core import run as core
 from krenalis_airflow.core.ratelimit import RateLimiter, concurrency_for
+from krenalis_airflow.core.shared_limit import sharing
 from krenalis_airflow.core.spec import PipelineSpec
 from krenalis_airflow.core.stripe_api import StripeCustomers
 from krenalis_airflow.exceptions import ConnectionUnusable, RunFailed
@@ -37,6 +38,7 @@ class StepRun:
     dry_run: bool
     full_resync: bool
     log: logging.Logger
+    reconcile: bool = False  # check the ledger against one listing of Stripe, repairing drift
     run_id: str = "local"
     limit: int | None = None  # extract at most this many profiles (preview)
 
@@ -133,12 +135,15 @@ def upsert(run: StepRun) -> dict[str, Any]:
     logging.getLogger("stripe").setLevel(logging.WARNING)
     stripe_hook = StripeHook(spec.destination.conn_id)
     settings = stripe_hook.settings
-    api = StripeCustomers(
-        stripe_hook.get_conn(), limiter=RateLimiter(settings.limits), retries=settings.max_network_retries
-    )
+    limiter = RateLimiter(settings.limits)
+    api = StripeCustomers(stripe_hook.get_conn(), limiter=limiter, retries=settings.max_network_retries)
     concurrency = concurrency_for(settings.limits)
     options = core.sync_options(
-        spec, dry_run=run.dry_run, full_resync=run.full_resync, concurrency=concurrency
+        spec,
+        dry_run=run.dry_run,
+        full_resync=run.full_resync,
+        concurrency=concurrency,
+        reconcile=run.reconcile,
     )
     run.log.info(
         "Syncing to Stripe (%s mode key): at most %s, %d requests in flight",
@@ -150,8 +155,18 @@ def upsert(run: StepRun) -> dict[str, Any]:
         run.upstream["deduped"], run.name("rejected-upsert.jsonl"), run.name("summary.json")
     )
     state = sql_hook(spec.state_conn_id)
-    with _connection(state) as conn:
-        state_run = core.UpsertRun(conn, state.placeholder, options, run.run_id)
+    # Upserts writing to the same Stripe share its limits through a lease in the state store; the
+    # lease thread gets its own hook and connections (core/shared_limit.py). Dry runs take none.
+    lease = sharing(
+        limiter,
+        sql_hook(spec.state_conn_id).get_conn,
+        state.placeholder,
+        settings.fingerprint,
+        enabled=not run.dry_run,
+        logger=run.log,
+    )
+    with lease, _connection(state) as conn:
+        state_run = core.UpsertRun(conn, state.placeholder, options, run.run_id, settings.fingerprint)
         done = core.run_upsert(
             api, spec, state_run, run.upstream, files, open_file, log=run.log, retried=api.retried
         )
