@@ -12,6 +12,7 @@ from typing import Any
 
 from krenalis_airflow.core.ratelimit import Limits
 
+from . import parse, shared_limit
 from .api import CREATE, LIST, UPDATE, WRITES, ApiOptions, Request, Scenario
 from .stages import StageResult
 
@@ -111,6 +112,8 @@ class Context:
     pg_rows: int
     chart: Path | None
     chart_note: str = ""
+    shared_runs: Sequence[shared_limit.SharedRun] = ()  # "N pipelines, one Stripe account"
+    parsing: Sequence[parse.ParseResult] = ()  # "DAG parsing": the DAG files at 10 … 5,000 specs
 
 
 def render(
@@ -129,6 +132,8 @@ def render(
         parts += _api_sections(context, scenarios, report_path)
     if stages:
         parts += _local_sections(context, stages)
+    parts += shared_limit.section(context.shared_runs)
+    parts += parse.section(context.parsing)
     parts += ["## Machine, versions, options", "", "| | |", "|---|---|"]
     parts += [f"| {name} | {value} |" for name, value in context.machine]
     return "\n".join(parts) + "\n"
@@ -153,6 +158,17 @@ def _targets(context: Context, scenarios: Sequence[Scenario], stages: Sequence[S
                 f"Rerun with k = {s.expected_writes} changed → k writes",
                 f"{done} writes",
                 done == s.expected_writes,
+            )
+        )
+    if (s := by_key.get("reconcile")) is not None:
+        reads = calls(s.ours.requests).get(LIST, 0)
+        pages = -(-s.profiles // 100)
+        done = writes(s.ours.requests)
+        rows.append(
+            (
+                f"Reconcile of {s.profiles:,} customers → {pages} reads + the repairs ({s.expected_writes} drifted)",
+                f"{reads} reads, {done} writes, {s.ours.result.repaired} repaired",
+                reads == pages and done == s.ours.result.repaired == s.expected_writes,
             )
         )
     if context.api_options is not None:
@@ -208,6 +224,7 @@ def _targets(context: Context, scenarios: Sequence[Scenario], stages: Sequence[S
                 top.rss < TARGET_RSS,
             )
         )
+    rows += parse.targets(context.parsing)
     if not rows:
         return []
     lines = ["## Targets", "", "| target | measured | |", "|---|---|---|"]
@@ -484,4 +501,5 @@ def _short(s: Scenario) -> str:
         "first_half": "first sync\nhalf in Stripe",
         "rerun_unchanged": "rerun\nunchanged",
         "rerun_changed": "rerun\nk changed",
+        "reconcile": "reconcile\nk drifted",
     }.get(s.key, s.key)

@@ -25,7 +25,7 @@ from pathlib import Path
 from krenalis_airflow.core.ratelimit import Limits
 from support.fault_proxy import Latency
 
-from . import api, report, stages
+from . import api, parse, report, shared_limit, stages
 
 HERE = Path(__file__).resolve().parent
 QUICK = {"profiles": 500, "sample": 50, "local_rows": 100_000, "pg_rows": 20_000}
@@ -67,6 +67,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     other = parser.add_argument_group("what and where")
     other.add_argument("--skip-api", action="store_true", help="skip the Stripe API scenarios")
     other.add_argument("--skip-local", action="store_true", help="skip the local stages")
+    other.add_argument(
+        "--skip-shared", action="store_true", help="skip the 4 pipelines on one account (shared_limit.py)"
+    )
+    other.add_argument("--skip-parse", action="store_true", help="skip DAG parsing (parse.py)")
+    other.add_argument(
+        "--parse-sizes",
+        type=int,
+        nargs="+",
+        help="specs per DAG file for DAG parsing (full run: "
+        f"{' '.join(map(str, parse.SIZES))}; --quick: {' '.join(map(str, parse.QUICK_SIZES))})",
+    )
     other.add_argument("--pg-dsn", default=PG_DSN, help=f"PostgreSQL for the extract stage ({PG_DSN!r})")
     other.add_argument("--seed", type=int, default=42)
     other.add_argument("--report", type=Path, default=HERE / "REPORT.md")
@@ -79,6 +90,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.parse_sizes is None:
+        args.parse_sizes = list(parse.QUICK_SIZES if args.quick else parse.SIZES)
     if args.small_rows is None:
         args.small_rows = max(1000, args.local_rows // 10)
     return args
@@ -113,6 +126,17 @@ def main(argv: list[str] | None = None) -> int:
             log(f"Stripe API scenarios on {args.profiles:,} profiles")
             (folder / "api").mkdir()
             scenarios = api.run_api(options, folder / "api", log)
+        parsing: list[parse.ParseResult] = []
+        if not args.skip_parse:
+            log(f"DAG parsing at {', '.join(f'{n:,}' for n in args.parse_sizes)} specs per DAG file")
+            parsing = parse.run(args.parse_sizes, folder / "parse", log=log)
+        shared_runs: list[shared_limit.SharedRun] = []
+        if not args.skip_shared:
+            # --profiles / 5 new customers per pipeline, at most 250: 100 with --quick
+            each = max(4, min(shared_limit.SharedOptions.profiles, args.profiles // 5))
+            shared = shared_limit.SharedOptions(profiles=each, latency=options.latency)
+            (folder / "shared").mkdir()
+            shared_runs = shared_limit.run(shared, folder / "shared", log)
 
     chart_path: Path | None = None
     chart_note = ""
@@ -134,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         pg_rows=args.pg_rows,
         chart=chart_path,
         chart_note=chart_note,
+        shared_runs=shared_runs,
+        parsing=parsing,
     )
     args.report.write_text(report.render(context, scenarios, results, args.report))
     log(f"wrote {args.report}" + (f" and {chart_path}" if chart_path else ""))

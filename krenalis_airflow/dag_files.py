@@ -12,6 +12,7 @@ Imports nothing from Airflow: ``init`` must work before Airflow is even configur
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -52,6 +53,45 @@ check_pipeline_specs(__file__)
 ''',
 }
 
+SHARD_FILES: dict[str, str] = {
+    "krenalis_pipelines_{shard}.py": '''\
+"""Airflow DAG file: one DAG per pipeline spec (YAML) in the shard {shard!r}, the sub-folder
+{shard}/ of the pipelines folder ($KRENALIS_PIPELINES_DIR or pipelines/ beside this file).
+Airflow parses this file on its own, so a slow or broken shard never hides another's DAGs.
+
+Written by `krenalis-airflow init --shard {shard}`; the logic lives in the installed package.
+"""
+
+from krenalis_airflow.dag_factory import pipeline_dags
+
+globals().update(pipeline_dags(__file__, shard="{shard}"))
+''',
+    "krenalis_spec_check_{shard}.py": '''\
+"""Airflow DAG file with no DAG: the broken pipeline specs of the shard {shard!r} (the sub-folder
+{shard}/ of the pipelines folder) become this file's import error ("DAG Import Errors").
+
+Written by `krenalis-airflow init --shard {shard}`; the logic lives in the installed package.
+"""
+
+from krenalis_airflow.dag_factory import check_pipeline_specs
+
+check_pipeline_specs(__file__, shard="{shard}")
+''',
+}
+
+
+def dag_files(shard: str | None = None) -> dict[str, str]:
+    """The DAG files ``init`` writes: ``DAG_FILES``, or those of one shard (``SHARD_FILES``)."""
+    if shard is None:
+        return DAG_FILES
+    if not re.match(r"^[a-z][a-z0-9_]*$", shard):
+        raise InitError(
+            f"--shard {shard!r}: a shard is a sub-folder of the pipelines folder named like a pipeline "
+            "id (lowercase letters, digits and _, starting with a letter)"
+        )
+    return {name.format(shard=shard): text.format(shard=shard) for name, text in SHARD_FILES.items()}
+
+
 # A new deployment has no `warehouse` connection yet: an enabled sample would start unpaused and
 # fail every hour, so init writes it disabled (listed, no schedule, runs skip until enabled).
 _ENABLED = "\nenabled: true\n"
@@ -66,11 +106,13 @@ class InitReport:
     written: list[Path] = field(default_factory=list)
     unchanged: list[Path] = field(default_factory=list)  # already identical to what init writes
     kept: list[Path] = field(default_factory=list)  # an existing pipelines folder, never touched
+    shard: str | None = None
 
     @property
     def pipelines(self) -> Path:
-        """The pipelines folder inside the DAGs folder."""
-        return self.folder / PIPELINES_FOLDER
+        """The pipelines folder inside the DAGs folder (the shard's sub-folder, for a shard)."""
+        pipelines = self.folder / PIPELINES_FOLDER
+        return pipelines if self.shard is None else pipelines / self.shard
 
 
 def sample_spec() -> str:
@@ -88,15 +130,20 @@ def written_sample_spec() -> str:
     return text.replace(_ENABLED, _DISABLED, 1)
 
 
-def init_dags_folder(folder: str | Path, *, force: bool = False) -> InitReport:  # noqa: C901 - checks every path before writing any; split, the all-or-nothing rule gets lost
+def init_dags_folder(  # noqa: C901 - checks every path before writing any; split, the all-or-nothing rule gets lost
+    folder: str | Path, *, force: bool = False, shard: str | None = None
+) -> InitReport:
     """Write the DAG files into ``folder``, and ``pipelines/`` with the sample spec if absent.
 
     Checks everything before writing anything: an existing DAG file that differs from ours raises
     ``InitError`` unless ``force``; one already identical is left alone. An existing
     ``pipelines/`` is never touched, even with ``force``: it holds the user's specs.
+    ``shard``: write the DAG files of one shard instead (``krenalis_pipelines_<shard>.py`` and
+    ``krenalis_spec_check_<shard>.py``, serving ``pipelines/<shard>/``, created empty if absent).
     """
     folder = Path(folder)
-    report = InitReport(folder)
+    files = dag_files(shard)
+    report = InitReport(folder, shard=shard)
     if not folder.exists():
         raise InitError(
             f"{folder}: no such folder. Create it, or give Airflow's DAGs folder "
@@ -109,7 +156,7 @@ def init_dags_folder(folder: str | Path, *, force: bool = False) -> InitReport: 
 
     todo: list[tuple[Path, str]] = []
     clashes: list[Path] = []
-    for name, text in DAG_FILES.items():
+    for name, text in files.items():
         target = folder / name
         if target.is_dir():
             raise InitError(f"{target}: a folder is in the way of the DAG file; nothing was written.")
@@ -130,12 +177,15 @@ def init_dags_folder(folder: str | Path, *, force: bool = False) -> InitReport: 
         )
 
     pipelines = report.pipelines
+    new_folder = None
     if pipelines.exists() or pipelines.is_symlink():
         if not pipelines.is_dir():
             raise InitError(f"{pipelines}: exists and is not a folder; nothing was written.")
         report.kept.append(pipelines)
-    else:
+    elif shard is None:
         todo.append((pipelines / SAMPLE_SPEC, written_sample_spec()))
+    else:
+        new_folder = pipelines  # a shard starts empty: its specs are moved in by the user
 
     for target, text in todo:
         try:
@@ -145,6 +195,12 @@ def init_dags_folder(folder: str | Path, *, force: bool = False) -> InitReport: 
             done = f"; already written: {', '.join(map(str, report.written))}" if report.written else ""
             raise InitError(f"{target}: cannot write: {exc.strerror or exc}{done}") from exc
         report.written.append(target)
+    if new_folder is not None:
+        try:
+            new_folder.mkdir(parents=True)
+        except OSError as exc:
+            raise InitError(f"{new_folder}: cannot create the shard's folder: {exc.strerror or exc}") from exc
+        report.written.append(new_folder)
     return report
 
 

@@ -20,6 +20,7 @@ TINY = [
     "--profiles", "20", "--sample", "4", "--changed-share", "0.1",
     "--local-rows", "1500", "--small-rows", "1500", "--pg-rows", "0",
     "--read-latency", "0.02", "--write-latency", "0.05", "--jitter", "0",
+    "--parse-sizes", "5",
 ]  # fmt: skip
 
 
@@ -53,10 +54,28 @@ def test_a_tiny_run_writes_the_report_with_its_tables(tmp_path: Path) -> None:
         "diff vs ledger (unchanged)",
     ):
         assert f"| {stage} |" in text
-    assert "failed" not in text.split("## Local stages")[1].split("## Machine")[0]
+    assert "failed" not in text.split("## Local stages")[1].split("\n## ")[0]  # that section only
+    assert "## DAG parsing: 5 specs" in text
+    assert "| `krenalis_pipelines.py` | 5 (1) |" in text and "| `krenalis_spec_check.py` | 5 (1) |" in text
+    assert "DAG parsing ≤ 3 ms per spec for each DAG file (5 specs, one core)" in text
     assert "## Machine, versions, options" in text
     if importlib.util.find_spec("matplotlib") is None:
         assert "Chart skipped: matplotlib is not installed" in text
     else:
         assert chart.stat().st_size < 200_000
         assert "![API calls and wall time per scenario, ours vs baseline](chart.png)" in text
+
+
+def test_the_parse_benchmark_parses_both_dag_files_as_airflow_does(tmp_path: Path) -> None:
+    """``python -m benchmarks.parse`` on a few specs: every spec a DAG, the broken one reported."""
+    from benchmarks import parse
+
+    results = parse.run([7], tmp_path, log=lambda _: None)
+
+    factory, check = results
+    assert (factory.file, factory.specs, factory.broken) == ("krenalis_pipelines.py", 7, 1)
+    assert (factory.dags, factory.import_errors, factory.error) == (7, 0, "")
+    assert (check.file, check.dags, check.import_errors, check.error) == ("krenalis_spec_check.py", 0, 1, "")
+    assert factory.import_wall > 0 and factory.rss_peak > factory.rss_before > 0
+    assert "krenalis_airflow" in factory.packages and factory.unneeded == []  # no stripe, requests…
+    assert "| `krenalis_pipelines.py` | 7 (1) |" in "\n".join(parse.section(results))

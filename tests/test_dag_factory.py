@@ -40,7 +40,7 @@ def test_one_dag_per_spec_with_steps_params_and_docs(tmp_path: Path) -> None:
     assert {"krenalis", "stripe"} <= set(dag.tags)
     assert dag.schedule == timedelta(hours=1)
     assert dag.is_paused_upon_creation is False
-    assert set(dag.params) == {"dry_run", "full_resync"}
+    assert set(dag.params) == {"dry_run", "full_resync", "reconcile"}
     assert dag.params["dry_run"] is False
     assert "customer_profiles" in dag.doc_md and "`email`" in dag.doc_md and "first_name" in dag.doc_md
 
@@ -191,3 +191,153 @@ def test_parsing_dags_never_imports_a_python_transformation(tmp_path: Path, monk
     assert main(["validate", str(pipelines)]) == 0
     assert marker.exists()  # validate imports it, as it must to say it imports
     sys.modules.pop("side_effect_transform", None)
+
+
+# --------------------------------------------------------------------------------------------
+# Trigger params: Airflow's validation, without jsonschema for the booleans' own values
+
+
+def test_the_trigger_params_validate_and_serialise_as_airflow_params(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import copy
+
+    import jsonschema
+    from airflow.sdk import Param
+    from airflow.sdk.exceptions import ParamValidationError
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    spec(tmp_path, "flags.yaml", MINIMAL.format(id="flags", enabled="true", schedule="1h"))
+    dag = build_dags(tmp_path)["flags"]
+    serialized = dict(DagSerialization.to_dict(dag)["dag"]["params"])
+    assert set(serialized) == set(dag.params)
+    assert {p["__class"] for p in serialized.values()} == {"airflow.sdk.definitions.param.Param"}
+    assert all(type(dag.params.get_param(name)) is Param for name in dag.params)
+
+    trigger = copy.deepcopy(dag.tasks[0].params)  # what a run resolves: a task's copy
+    with pytest.raises(ParamValidationError, match="'yes' is not of type 'boolean'"):
+        trigger["dry_run"] = "yes"
+    monkeypatch.setattr(jsonschema, "validate", lambda *a, **k: pytest.fail("jsonschema ran"))
+    trigger["dry_run"] = True
+    assert trigger["dry_run"] is True and dag.params["dry_run"] is False
+
+
+def test_parsing_imports_no_task_dependencies(tmp_path: Path) -> None:
+    """stripe, requests and the steps' wiring are imported when a task runs, not at each parse."""
+    import subprocess
+
+    spec(tmp_path, "lean.yaml", MINIMAL.format(id="lean", enabled="true", schedule="1h"))
+    probe = (
+        "import sys\n"
+        "from krenalis_airflow.dag_factory import build_dags\n"
+        f"assert 'lean' in build_dags({str(tmp_path)!r})\n"
+        "names = ('stripe', 'requests', 'krenalis_airflow.operators.steps', 'krenalis_airflow.hooks.stripe')\n"
+        "print(sorted(n for n in names if n in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+# --------------------------------------------------------------------------------------------
+# Shards: one pair of DAG files per sub-folder of the pipelines folder
+
+
+def shards(root: Path, layout: dict[str, list[str]]) -> Path:
+    """``pipelines/`` beside a DAG file in ``root``: shard ("" for the folder's own files) → ids."""
+    pipelines = root / "pipelines"
+    for shard, ids in layout.items():
+        (pipelines / shard).mkdir(parents=True, exist_ok=True)
+        for pid in ids:
+            spec(pipelines / shard, f"{pid}.yaml", MINIMAL.format(id=pid, enabled="true", schedule="1h"))
+    return root / "krenalis_pipelines.py"
+
+
+def test_a_shard_serves_its_sub_folder_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from krenalis_airflow.dag_factory import check_pipeline_specs, pipeline_dags
+
+    monkeypatch.delenv("KRENALIS_PIPELINES_DIR", raising=False)
+    dag_file = shards(tmp_path, {"": ["top"], "eu": ["eu_people", "eu_leads"], "us": ["us_people"]})
+    (tmp_path / "pipelines" / "Archive").mkdir()  # not named like a shard: never read
+    spec(tmp_path / "pipelines" / "Archive", "eu_people.yaml", "whatever")
+
+    assert set(pipeline_dags(dag_file)) == {"top"}
+    assert set(pipeline_dags(dag_file, shard="eu")) == {"eu_people", "eu_leads"}
+    assert set(pipeline_dags(dag_file, shard="us")) == {"us_people"}
+    for shard in (None, "eu", "us"):
+        check_pipeline_specs(dag_file, shard=shard)  # nothing broken: no import error
+    with pytest.raises(ValueError, match=r"shard 'EU' is not a shard name: .* rename it"):
+        pipeline_dags(dag_file, shard="EU")
+
+
+def test_a_pipeline_id_in_two_shards_runs_in_neither_and_is_reported_in_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two DAG files must never define one dag_id: Airflow would keep whichever it parsed last."""
+    from krenalis_airflow.dag_factory import check_pipeline_specs, pipeline_dags
+    from krenalis_airflow.exceptions import BrokenPipelineSpecs
+
+    monkeypatch.delenv("KRENALIS_PIPELINES_DIR", raising=False)
+    dag_file = shards(tmp_path, {"": ["people"], "eu": ["people", "eu_only"], "us": ["people"]})
+    pipelines = tmp_path / "pipelines"
+
+    top, eu, us = (pipeline_dags(dag_file, shard=s) for s in (None, "eu", "us"))
+    assert set(top) == {"krenalis_broken_people"}
+    assert set(eu) == {"krenalis_broken_eu_people", "eu_only"}
+    assert set(us) == {"krenalis_broken_us_people"}
+    all_ids = [*top, *eu, *us]
+    assert len(all_ids) == len(set(all_ids))  # no dag_id from two DAG files
+    doc = eu["krenalis_broken_eu_people"].doc_md or ""
+    assert f"pipeline id 'people' (the file name) is also the id of {pipelines / 'people.yaml'}" in doc
+    assert str(pipelines / "us" / "people.yaml") in doc and "rename or remove all but one" in doc
+    with pytest.raises(BrokenPipelineSpecs, match=r"1 pipeline spec in .*pipelines/us cannot run"):
+        check_pipeline_specs(dag_file, shard="us")
+
+
+def test_specs_sharing_a_broken_mapping_expression_each_report_it_at_their_own_line(
+    tmp_path: Path,
+) -> None:
+    """The mapping check is remembered per expression: a repeat must still be reported, in place."""
+    good = MINIMAL.format(id="x", enabled="true", schedule="1h").replace("id: x\n", "")
+    bad = good.replace(
+        "mapping: {name: first_name}", "mapping:\n    phone: phone\n    name: nope(first_name)"
+    )
+    spec(tmp_path, "first.yaml", bad)
+    spec(tmp_path, "second.yaml", "description: one line more\n" + bad)
+    dags = build_dags(tmp_path)
+    for name, line in (("first", 9), ("second", 10)):
+        doc = dags[name].doc_md or ""
+        assert f"{name}.yaml:{line}: transformation.mapping.name: unknown function 'nope'" in doc, doc
+
+
+def test_init_shard_writes_the_dag_files_of_one_sub_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runpy
+
+    from krenalis_airflow.__main__ import main
+
+    monkeypatch.delenv("KRENALIS_PIPELINES_DIR", raising=False)
+    assert main(["init", str(tmp_path), "--shard", "eu"]) == 0
+    out = capsys.readouterr().out
+    assert f"Wrote {tmp_path / 'krenalis_pipelines_eu.py'}\n" in out
+    assert f"Wrote {tmp_path / 'pipelines' / 'eu'}/ (the shard, empty)\n" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "krenalis_pipelines_eu.py",
+        "krenalis_spec_check_eu.py",
+        "pipelines",
+    ]
+    spec(
+        tmp_path / "pipelines" / "eu",
+        "eu_people.yaml",
+        MINIMAL.format(id="eu_people", enabled="true", schedule="1h"),
+    )
+    spec(tmp_path / "pipelines", "top.yaml", MINIMAL.format(id="top", enabled="true", schedule="1h"))
+    namespace = runpy.run_path(str(tmp_path / "krenalis_pipelines_eu.py"))
+    assert "eu_people" in namespace and "top" not in namespace
+    runpy.run_path(str(tmp_path / "krenalis_spec_check_eu.py"))  # nothing broken: no import error
+
+    assert main(["init", str(tmp_path), "--shard", "EU"]) == 1
+    assert "--shard 'EU': a shard is a sub-folder of the pipelines folder named like a pipeline id" in (
+        capsys.readouterr().err
+    )

@@ -100,13 +100,18 @@ def disabled_message(spec: PipelineSpec, spec_file: str) -> str:
     )
 
 
-def plan_broken(error: SpecError, taken: set[str]) -> BrokenPlan:
+BROKEN_PREFIX = "krenalis_broken_"
+
+
+def plan_broken(error: SpecError, taken: set[str], prefix: str = BROKEN_PREFIX) -> BrokenPlan:
     """A placeholder DAG for a spec that does not load, named after its file (the pipeline id)
-    when that is a valid id not already taken, so the broken pipeline's own DAG shows the error."""
+    when that is a valid id not already taken, so the broken pipeline's own DAG shows the error;
+    else ``prefix`` + the file's name (a shard's DAG file passes a prefix naming the shard, so two
+    shards never define one placeholder DAG)."""
     path = Path(error.source)
     dag_id = pipeline_id_of(path)
     if not re.match(PIPELINE_ID, dag_id) or dag_id in taken:
-        dag_id = "krenalis_broken_" + re.sub(r"[^a-z0-9_]", "_", path.stem.lower())
+        dag_id = prefix + re.sub(r"[^a-z0-9_]", "_", path.stem.lower())
     while dag_id in taken:  # x.yaml and x.yml: both broken, each with a DAG of its own
         dag_id += "_"
     message = str(error)

@@ -10,16 +10,12 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from krenalis_airflow.core.plan import STEPS, disabled_message
 from krenalis_airflow.core.spec import PipelineSpec
-from krenalis_airflow.operators import steps
 from krenalis_airflow.operators.errors import airflow_outcome
 from krenalis_airflow.operators.storage import run_folder
 
-RUNNERS = {
-    "extract": steps.extract,
-    "transform": steps.transform,
-    "dedupe": steps.dedupe,
-    "upsert": steps.upsert,
-}
+# The function of ``operators/steps.py`` each step runs, by name: that module (hooks, stripe,
+# requests, SQL providers) is imported when a task runs, never when a DAG file is parsed.
+RUNNERS = {"extract": "extract", "transform": "transform", "dedupe": "dedupe", "upsert": "upsert"}
 
 
 class ProfileExportOperator(BaseOperator):
@@ -65,6 +61,8 @@ class ProfileExportOperator(BaseOperator):
             # ends with every step skipped and this message in the first step's log. (The CLI's
             # ``plan`` still previews a disabled spec: it runs the steps without this operator.)
             raise AirflowSkipException(disabled_message(self.spec, self.spec_file))
+        from krenalis_airflow.operators import steps
+
         params = context.get("params") or {}
         upstream = context["ti"].xcom_pull(task_ids=self.upstream_task_id) if self.upstream_task_id else {}
         run = steps.StepRun(
@@ -74,8 +72,9 @@ class ProfileExportOperator(BaseOperator):
             upstream=upstream or {},
             dry_run=bool(params.get("dry_run", False)),
             full_resync=bool(params.get("full_resync", False)),
+            reconcile=bool(params.get("reconcile", False)),
             run_id=context["run_id"],
             log=self.log,  # type: ignore[arg-type]
         )
         with airflow_outcome():
-            return RUNNERS[self.step](run)
+            return getattr(steps, RUNNERS[self.step])(run)
