@@ -99,6 +99,7 @@ def test_the_wheel_installed_alone_gives_a_working_dags_folder(tmp_path: Path) -
     (wheel,) = wheels.glob("krenalis_airflow-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert f"{PACKAGE}/sample_customers.yaml" in names and f"{PACKAGE}/spec.schema.json" in names
+    assert f"{PACKAGE}/plugins/templates/list.html" in names  # the Stripe pipelines page
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
 
     sh(sys.executable, "-m", "venv", venv)
@@ -125,6 +126,13 @@ def test_the_wheel_installed_alone_gives_a_working_dags_folder(tmp_path: Path) -
     config = sh(bin_ / "airflow", "config", "list", "--section", "krenalis", "-d")
     assert "[krenalis]" in config and "storage_base" in config and "keep_files" in config
     assert "KRENALIS_STORAGE_BASE" in config  # the description is there
+    # The "Stripe pipelines" page: registered by the wheel's entry point, no plugin file copied.
+    plugins = {p["name"]: p for p in json.loads(sh(bin_ / "airflow", "plugins", "-o", "json"))}
+    plugin = plugins["krenalis_stripe_pipelines"]
+    assert (
+        plugin["source"].startswith("krenalis-airflow==")
+        and plugin["external_views"][0]["name"] == "Stripe pipelines"
+    )
     providers = json.loads(sh(bin_ / "airflow", "providers", "list", "-o", "json"))
     assert {"package_name": "krenalis-airflow", "version": __version__} in [
         {key: p[key] for key in ("package_name", "version")} for p in providers

@@ -191,10 +191,10 @@ class Component:
 class Api:
     """The REST API the UI uses (``/api/v2``, ``/ui``), authenticated as the simple auth manager's admin."""
 
-    def __init__(self, base_url: str, password: str) -> None:
+    def __init__(self, base_url: str, password: str, username: str = ADMIN) -> None:
         self.base_url = base_url
         self.http = httpx.Client(base_url=base_url, timeout=30.0)
-        response = self.http.post("/auth/token", json={"username": ADMIN, "password": password})
+        response = self.http.post("/auth/token", json={"username": username, "password": password})
         if response.status_code != 201:
             raise DeploymentError(f"POST /auth/token: {response.status_code} {response.text}")
         self.http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
@@ -280,6 +280,8 @@ class AirflowDeployment:
         self.password = secrets.token_urlsafe(12)
         passwords = self.home / "simple_auth_manager_passwords.json"
         passwords.write_text(json.dumps({ADMIN: self.password}))
+        self.passwords = {ADMIN: self.password}  # more with add_user
+        self.base_path = ""  # "/prefix" with an [api] base_url that has a path (set_base_path)
         from cryptography.fernet import Fernet
 
         self.env = clean_env(
@@ -315,6 +317,28 @@ class AirflowDeployment:
         self._api: Api | None = None
 
     # -- lifecycle
+
+    def set_base_path(self, path: str) -> None:
+        """Serve Airflow under ``path`` (``[api] base_url`` with a path, as behind a proxy that
+        keeps the prefix), before ``start``; the REST clients and ``ui_url`` follow it."""
+        self.base_path = path.rstrip("/")
+        self.env["AIRFLOW__API__BASE_URL"] = self.url + self.base_path
+        self.env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"{self.url}{self.base_path}/execution/"
+
+    @property
+    def ui_url(self) -> str:
+        """The UI's address (with the base path, if any)."""
+        return self.url + self.base_path
+
+    def add_user(self, name: str, role: str) -> str:
+        """Another user of the simple auth manager (``viewer``, ``user``, ``op`` or ``admin``),
+        before ``start``; returns the password."""
+        password = secrets.token_urlsafe(12)
+        self.passwords[name] = password
+        (self.home / "simple_auth_manager_passwords.json").write_text(json.dumps(self.passwords))
+        users = self.env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"]
+        self.env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = f"{users},{name}:{role}"
+        return password
 
     def start(self, *, timeout: float = 180.0) -> AirflowDeployment:
         self.add_component("api-server", ["api-server", "--host", "127.0.0.1", "--port", str(self.port)])
@@ -381,11 +405,15 @@ class AirflowDeployment:
         if self._api is None:
             self._api = wait_for(
                 "a token from /auth/token",
-                lambda: Api(self.url, self.password),
+                lambda: Api(self.ui_url, self.password),
                 timeout=60,
                 check=self.check_alive,
             )
         return self._api
+
+    def api_as(self, username: str) -> Api:
+        """A REST API client signed in as another user (``add_user``)."""
+        return Api(self.ui_url, self.passwords[username], username)
 
     def wait(self, what: str, probe: Callable[[], T | None], *, timeout: float, interval: float = 2.0) -> T:
         return wait_for(what, probe, timeout=timeout, interval=interval, check=self.check_alive)
