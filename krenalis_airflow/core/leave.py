@@ -49,7 +49,7 @@ from typing import IO, Any, Literal, Protocol
 import msgspec
 
 from krenalis_airflow.core.fields import GROUPS, to_params, unit_of
-from krenalis_airflow.core.ledger import LedgerEntry, key_digest
+from krenalis_airflow.core.ledger import Checkpoints, LedgerEntry, key_digest
 from krenalis_airflow.core.spec import PipelineSpec, count_or_share
 from krenalis_airflow.core.transform.validate import stripe_text
 from krenalis_airflow.exceptions import (
@@ -362,7 +362,7 @@ class Leaving:
         self.ledger = ledger
         self.options = options
         self.result = LeaveResult(on_leave=options.on_leave, dry_run=options.dry_run)
-        self._pending: dict[str, LedgerEntry] = {}
+        self._staged = Checkpoints(ledger, options.checkpoint_every)
 
     def run(self, leavers: Leavers) -> LeaveResult:
         """Keep, clear or delete each leaver; returns the counts (``result``)."""
@@ -382,7 +382,7 @@ class Leaving:
                     for done in pool.map(lambda item: self._send(*item), sent):
                         self._count(done)
         finally:
-            self._checkpoint(force=True)
+            self._staged.flush()
             result.api_calls.update(self.api.calls - calls_before)
         return result
 
@@ -428,7 +428,7 @@ class Leaving:
         """Close the rows of the leavers that need no request (not under ``keep``)."""
         for key, entry, action in actions:
             if isinstance(action, Keep) and action.close:
-                self._stage(key, _closed(entry, LEFT_KEPT.format(why=action.why)))
+                self._staged.stage(key, _closed(entry, LEFT_KEPT.format(why=action.why)))
 
     def _send(self, key: str, entry: LedgerEntry, action: Action) -> _Outcome:
         """Send one leaver's request(s); runs in the pool. Terminal errors propagate."""
@@ -458,16 +458,7 @@ class Leaving:
         setattr(self.result, done.outcome, getattr(self.result, done.outcome) + 1)
         self.result.sample(done.outcome, f"{done.key} → {done.detail}")
         if done.entry is not None:
-            self._stage(done.key, done.entry)
-
-    def _stage(self, key: str, entry: LedgerEntry) -> None:
-        self._pending[key] = entry
-        self._checkpoint()
-
-    def _checkpoint(self, *, force: bool = False) -> None:
-        if self._pending and (force or len(self._pending) >= self.options.checkpoint_every):
-            self.ledger.record(self._pending)
-            self._pending = {}
+            self._staged.stage(done.key, done.entry)
 
 
 def _closed(entry: LedgerEntry, note: str, *, keep_customers: bool = True) -> LedgerEntry:

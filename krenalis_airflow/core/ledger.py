@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from krenalis_airflow.core.fields import unit_of
 from krenalis_airflow.core.records import Record
@@ -188,8 +188,8 @@ class Ledger:
                     f" WHERE pipeline_id = {self._ph} AND profile_key IN ({marks})",
                     (self._pipeline, *chunk),
                 )
-                for key, match, ids, *rest in cursor.fetchall():
-                    found[key] = LedgerEntry(match, tuple(ids.split(",")) if ids else (), *rest)
+                for key, *row in cursor.fetchall():
+                    found[key] = _entry(row)
             return found
         finally:
             cursor.close()
@@ -298,8 +298,8 @@ class Ledger:
                 (self._pipeline, destination),
             )
             while rows := cursor.fetchmany(batch):
-                for key, match, ids, *rest in rows:
-                    yield key, LedgerEntry(match, tuple(ids.split(",")), *rest)
+                for key, *row in rows:
+                    yield key, _entry(row)
         finally:
             cursor.close()
 
@@ -318,11 +318,47 @@ class Ledger:
                     f" WHERE destination = {self._ph} AND customer_ids IN ({marks}) AND status <> 'left'",
                     (destination, *chunk),
                 )
-                for pipeline, key, match, ids, *rest in cursor.fetchall():
-                    found.append((pipeline, key, LedgerEntry(match, tuple(ids.split(",")), *rest)))
+                for pipeline, key, *row in cursor.fetchall():
+                    found.append((pipeline, key, _entry(row)))
             return found
         finally:
             cursor.close()
+
+
+def _entry(row: Sequence[Any]) -> LedgerEntry:
+    """A ledger row's columns ``COLUMNS[2:-1]`` (from ``match_value`` on) as its entry."""
+    match, ids, *rest = row
+    return LedgerEntry(match, tuple(ids.split(",")) if ids else (), *rest)
+
+
+class Recording(Protocol):
+    """Where entries are recorded: a ``Ledger`` (or a stand-in)."""
+
+    def record(self, entries: dict[str, LedgerEntry]) -> int:
+        """Write ``entries``; returns how many rows were written."""
+
+
+class Checkpoints:
+    """The entries one writer staged for the ledger, written every ``every`` entries and at
+    ``flush``: the sync and the leave step record only what Stripe confirmed (or refused), and a
+    task killed mid-run loses at most ``every`` confirmations (their writes are idempotent)."""
+
+    def __init__(self, ledger: Recording, every: int) -> None:
+        self._ledger = ledger
+        self._every = every
+        self._pending: dict[str, LedgerEntry] = {}
+
+    def stage(self, key: str, entry: LedgerEntry) -> None:
+        """Stage ``entry``; write what is staged once there are ``every`` entries."""
+        self._pending[key] = entry
+        if len(self._pending) >= self._every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is staged now."""
+        if self._pending:
+            self._ledger.record(self._pending)
+            self._pending = {}
 
 
 def _units(field_hashes: str) -> frozenset[str]:

@@ -48,7 +48,14 @@ from krenalis_airflow.core.fields import (
     update_payload,
 )
 from krenalis_airflow.core.leave import left_marker
-from krenalis_airflow.core.ledger import LedgerEntry, field_hashes, key_digest, payload_hash, state_digest
+from krenalis_airflow.core.ledger import (
+    Checkpoints,
+    LedgerEntry,
+    field_hashes,
+    key_digest,
+    payload_hash,
+    state_digest,
+)
 from krenalis_airflow.core.matching import normalise_match
 from krenalis_airflow.core.records import Record, Rejection
 from krenalis_airflow.exceptions import (
@@ -356,7 +363,7 @@ class Syncer:
         self.ledger = ledger
         self.options = options
         self.result = SyncResult()
-        self._pending: dict[str, LedgerEntry] = {}
+        self._staged = Checkpoints(ledger, options.checkpoint_every)
         self._busy: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._busy_lock = threading.Lock()
 
@@ -534,7 +541,7 @@ class Syncer:
                 self._collect(running, finished, stopping=True)
                 raise
             finally:
-                self._checkpoint(force=True)
+                self._staged.flush()
 
     def _send(self, write: Write) -> tuple[str, ...] | None:
         """Write to Stripe: the ids Stripe confirmed, or None when Stripe already held it all."""
@@ -671,11 +678,4 @@ class Syncer:
     def _stage(self, key: str, entry: LedgerEntry) -> None:
         """Stage ``entry`` for the ledger, written at the next checkpoint (only by the writer:
         ``_execute`` and ``_collect``, never while deciding)."""
-        self._pending[key] = entry
-        self._checkpoint()
-
-    def _checkpoint(self, *, force: bool = False) -> None:
-        """Write the staged entries to the ledger, once ``checkpoint_every`` are staged (or now)."""
-        if self._pending and (force or len(self._pending) >= self.options.checkpoint_every):
-            self.ledger.record(self._pending)
-            self._pending = {}
+        self._staged.stage(key, entry)
