@@ -36,7 +36,6 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from itertools import islice
 from typing import Any, Literal, Protocol
 
 from krenalis_airflow.core.fields import (
@@ -74,6 +73,9 @@ LEDGER_BATCH = 500  # records whose ledger entries are fetched in one query
 # is simply not found); past it, one listing of 100 customers a call is the cheaper bet. At
 # this size the lookups cost no more than listing an account of 10,000 customers.
 ID_LOOKUPS = 100
+# A listing keeps only the customers the run's misses need (memory follows the misses, not the
+# account); past this many misses it keeps every customer instead.
+WANTED_MAX = 200_000
 
 Index = Mapping[str, Sequence[dict[str, Any]]]  # normalised matching value → Stripe customers
 
@@ -119,6 +121,14 @@ class LedgerStore(Protocol):
 
     def overlaps(self, destination: str) -> Iterable[tuple[str, str, frozenset[str]]]:
         """``(other pipeline, customer id, units both write)`` for customers of ``destination``."""
+
+
+@dataclass
+class Wanted:
+    """What a listing of Stripe must keep for this run (see ``Syncer._wanted``)."""
+
+    matches: set[str] = field(default_factory=set)  # normalised matching values
+    ids: set[str] = field(default_factory=set)  # customer ids
 
 
 @dataclass(frozen=True)
@@ -381,21 +391,15 @@ class Syncer:
         trusting = not (options.full_resync or options.reconcile)
         synced = self.ledger.synced(options.destination) if trusting else {}
         contested = self._contested() if options.reconcile else None
-        misses = (
-            record.match
-            for record, entry in self._pending_entries(records(), synced)
-            if options.full_resync or self._needs_lookup(record, entry)
-        )
+        wanted = self._wanted(records(), synced)
         index: Index | None = None
         customers: dict[str, dict[str, Any]] | None = None
-        if options.stripe_field == "id" and not options.reconcile:
-            ids = set(islice(misses, ID_LOOKUPS + 1))
-            if len(ids) > ID_LOOKUPS:
-                index, customers = self._build_index()
-            elif ids:
-                index = self._look_up(ids)
-        elif next(misses, None) is not None:
-            index, customers = self._build_index()
+        if wanted is None:
+            index, customers = self._build_index(None)
+        elif options.stripe_field == "id" and 0 < len(wanted.matches) <= ID_LOOKUPS:
+            index = self._look_up(wanted.matches)
+        elif wanted.matches:
+            index, customers = self._build_index(wanted)
         decisions = (
             (record, decide(record, entry, index, options, customers, contested))
             for record, entry in self._pending_entries(records(), synced, count_unchanged=True)
@@ -442,6 +446,24 @@ class Syncer:
         settled = entry.status == "rejected" or entry.attempts >= self.options.give_up_after
         return not (settled and entry.payload_hash == payload_hash(record))
 
+    def _wanted(self, records: Iterable[Record], synced: dict[int, int]) -> Wanted | None:
+        """What the records the ledger does not settle need from Stripe: their matching values, and
+        the customer ids of their entries synced to another destination (to find them by id).
+        None (keep the whole listing) past ``WANTED_MAX`` of them, as holding them would cost about
+        what holding the listing does, and in a reconciliation that needs a listing at all (every
+        customer the ledger knows is checked)."""
+        wanted = Wanted()
+        for record, entry in self._pending_entries(records, synced):
+            if self.options.full_resync or self._needs_lookup(record, entry):
+                if self.options.reconcile:
+                    return None
+                wanted.matches.add(record.match)
+                if entry is not None and entry.customer_ids:
+                    wanted.ids.update(entry.customer_ids)
+                if len(wanted.matches) > WANTED_MAX:
+                    return None
+        return wanted
+
     def _contested(self) -> dict[str, frozenset[str]] | None:
         """By customer id, the units another pipeline also writes to it, which a reconciliation
         never sets back (see ``decide``); None when there are none."""
@@ -450,20 +472,34 @@ class Syncer:
             contested[customer_id].update(units)
         return {customer: frozenset(units) for customer, units in contested.items()} or None
 
-    def _build_index(self) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
-        """Every Stripe customer, by matching value and by id: one listing of the account."""
+    def _build_index(
+        self, wanted: Wanted | None
+    ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
+        """The Stripe customers by matching value and by id, from one listing of the account:
+        those ``wanted`` (every one when None), so memory follows the records that need a
+        lookup, not the size of the account."""
         index: dict[str, list[dict[str, Any]]] = defaultdict(list)
         by_id: dict[str, dict[str, Any]] = {}
+        listed = 0
         for customer in self.api.list_all():
-            by_id[customer["id"]] = customer
+            listed += 1
             value = (
                 customer.get("id")
                 if self.options.stripe_field == "id"
                 else read_path(customer, self.options.stripe_field)
             )
-            if value not in (None, ""):
-                index[normalise_match(self.options.stripe_field, value)].append(customer)
-        log.info("Listed %d Stripe customers, indexed by %s", len(by_id), self.options.stripe_field)
+            match = normalise_match(self.options.stripe_field, value) if value not in (None, "") else None
+            if wanted is not None and match not in wanted.matches and customer["id"] not in wanted.ids:
+                continue
+            by_id[customer["id"]] = customer
+            if match is not None:
+                index[match].append(customer)
+        log.info(
+            "Listed %d Stripe customers; kept %d, indexed by %s",
+            listed,
+            len(by_id),
+            self.options.stripe_field,
+        )
         return index, by_id
 
     def _look_up(self, ids: set[str]) -> dict[str, list[dict[str, Any]]]:
