@@ -283,7 +283,8 @@ def _git() -> str:
         return done.stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no")
+    outputs = (":(exclude,top)benchmarks/REPORT.md", ":(exclude,top)benchmarks/chart.png")  # this run's own
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":/", *outputs)
     return commit + (" with uncommitted changes" if dirty else "")
 
 
