@@ -36,6 +36,8 @@ AIRFLOW = str(BIN / "airflow")
 ARTIFACTS = ROOT / "test-artifacts" / "e2e"
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 ADMIN = "admin"
+# The FAB auth manager (apache-airflow-providers-fab, the e2e extra); ``use_fab`` switches to it.
+FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 T = TypeVar("T")
 
 
@@ -118,7 +120,9 @@ def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
 
 
 def create_metadata_database(prefix: str = "krenalis_e2e") -> str:
-    """A fresh database migrated by ``airflow db migrate`` (a few seconds on PostgreSQL)."""
+    """A fresh database migrated by ``airflow db migrate`` (a few seconds on PostgreSQL). With the
+    FAB provider installed this creates its tables (``ab_*``) too, whichever auth manager runs:
+    Airflow 3.3 migrates the DB managers of installed providers (no ``airflow fab-db migrate``)."""
     name = create_database(prefix)
     home = Path(os.environ.get("TMPDIR", "/tmp")) / f"airflow-migrate-{name}"
     home.mkdir(parents=True)
@@ -189,7 +193,8 @@ class Component:
 
 
 class Api:
-    """The REST API the UI uses (``/api/v2``, ``/ui``), authenticated as the simple auth manager's admin."""
+    """The REST API the UI uses (``/api/v2``, ``/ui``), authenticated as a user of the simple or the
+    FAB auth manager (both hand out a JWT at ``POST /auth/token`` for a username and password)."""
 
     def __init__(self, base_url: str, password: str, username: str = ADMIN) -> None:
         self.base_url = base_url
@@ -340,6 +345,43 @@ class AirflowDeployment:
         self.env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = f"{users},{name}:{role}"
         return password
 
+    def use_fab(self) -> None:
+        """Run the FAB auth manager instead of the simple one, before ``start`` (its tables come
+        with ``create_metadata_database``): ``admin`` gets FAB's ``Admin`` role and ``password``,
+        created with FAB's CLI. More users and roles once started: ``add_fab_user``, ``add_fab_role``."""
+        self.env["AIRFLOW__CORE__AUTH_MANAGER"] = FAB_AUTH_MANAGER
+        args = ["users", "create", "--username", ADMIN, "--password", self.password, "--role", "Admin"]
+        args += ["--firstname", "Ada", "--lastname", "Admin", "--email", f"{ADMIN}@example.com"]
+        result = subprocess.run(
+            [AIRFLOW, *args], env=self.env, cwd=self.root, capture_output=True, text=True, timeout=300
+        )
+        if result.returncode:
+            raise DeploymentError(
+                f"airflow users create failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+            )
+
+    def add_fab_role(self, name: str, permissions: Iterable[tuple[str, str]]) -> None:
+        """A FAB role of ``(action, resource)`` pairs, e.g. ``("can_read", "DAG:my_dag")``, through
+        FAB's API as ``admin``, once started (per-DAG resources exist once the DAG is parsed)."""
+        actions = [{"action": {"name": a}, "resource": {"name": r}} for a, r in permissions]
+        self.api.request("POST", "/auth/fab/v1/roles", json={"name": name, "actions": actions})
+
+    def add_fab_user(self, name: str, *roles: str) -> str:
+        """A FAB user with ``roles`` (``Viewer``, ``User``, ``Op``, ``Admin`` or ``add_fab_role``'s),
+        through FAB's API as ``admin``, once started; ``api_as(name)`` signs in. Returns the password."""
+        password = secrets.token_urlsafe(12)
+        body = {
+            "username": name,
+            "password": password,
+            "email": f"{name}@example.com",
+            "first_name": name,
+            "last_name": "Tester",
+            "roles": [{"name": role} for role in roles],
+        }
+        self.api.request("POST", "/auth/fab/v1/users", json=body)
+        self.passwords[name] = password
+        return password
+
     def start(self, *, timeout: float = 180.0) -> AirflowDeployment:
         self.add_component("api-server", ["api-server", "--host", "127.0.0.1", "--port", str(self.port)])
         self.add_component("scheduler", ["scheduler", "--skip-serve-logs"])
@@ -412,7 +454,7 @@ class AirflowDeployment:
         return self._api
 
     def api_as(self, username: str) -> Api:
-        """A REST API client signed in as another user (``add_user``)."""
+        """A REST API client signed in as another user (``add_user``, ``add_fab_user``)."""
         return Api(self.ui_url, self.passwords[username], username)
 
     def wait(self, what: str, probe: Callable[[], T | None], *, timeout: float, interval: float = 2.0) -> T:
