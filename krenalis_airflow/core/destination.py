@@ -35,7 +35,9 @@ class Destinations:
     ``<prefix>stripe_accounts``: key fingerprint → the account it belongs to (``""`` when the key
     may not read it). A key belongs to one account for life, so the account is read once per key
     (``GET /v1/account``) and never again: a rerun costs no read. ``<prefix>reconciled``: when
-    each pipeline last reconciled its ledger with each destination (see ``reconcile_due``).
+    each pipeline last reconciled its ledger with each destination (see ``reconcile_due``), and how
+    many customers that destination held when last listed whole (what a listing would cost: the
+    sync weighs it against one lookup per miss).
     A dry run (``writable=False``) reads what is there and writes nothing.
     """
 
@@ -45,6 +47,7 @@ class Destinations:
         self._writable = writable
         self.accounts = f"{table_prefix}stripe_accounts"
         self.reconciled = f"{table_prefix}reconciled"
+        self.sizes = f"{table_prefix}stripe_sizes"
         if writable:
             self._execute(
                 f"CREATE TABLE IF NOT EXISTS {self.accounts} (fingerprint VARCHAR(64) NOT NULL PRIMARY KEY,"
@@ -54,6 +57,10 @@ class Destinations:
                 f"CREATE TABLE IF NOT EXISTS {self.reconciled} (pipeline_id VARCHAR(250) NOT NULL,"
                 " destination VARCHAR(64) NOT NULL, reconciled_at VARCHAR(40) NOT NULL,"
                 " PRIMARY KEY (pipeline_id, destination))"
+            )
+            self._execute(
+                f"CREATE TABLE IF NOT EXISTS {self.sizes} (destination VARCHAR(64) NOT NULL PRIMARY KEY,"
+                " customers INTEGER NOT NULL, listed_at VARCHAR(40) NOT NULL)"
             )
             self._conn.commit()
 
@@ -83,6 +90,17 @@ class Destinations:
             values = (pipeline_id, destination, when.isoformat(timespec="seconds"))
             self._upsert(self.reconciled, ("pipeline_id", "destination", "reconciled_at"), values, keys=2)
 
+    def size(self, destination: str) -> int | None:
+        """How many customers ``destination`` held when last listed whole (None: never listed)."""
+        found = self._one(f"SELECT customers FROM {self.sizes} WHERE destination = {self._ph}", destination)
+        return None if found is None else int(found)
+
+    def record_size(self, destination: str, customers: int) -> None:
+        """Note the size of a whole listing (never in a dry run)."""
+        if self._writable:
+            values = (destination, customers, _now())
+            self._upsert(self.sizes, ("destination", "customers", "listed_at"), values)
+
     def _one(self, sql: str, *params: str) -> str | None:
         cursor = self._conn.cursor()
         try:
@@ -95,7 +113,7 @@ class Destinations:
             cursor.close()
         return None if row is None else str(row[0])
 
-    def _upsert(self, table: str, columns: tuple[str, ...], values: tuple[str, ...], keys: int = 1) -> None:
+    def _upsert(self, table: str, columns: tuple[str, ...], values: tuple[Any, ...], keys: int = 1) -> None:
         """Insert or replace a row; its first ``keys`` columns are the primary key."""
         marks = ", ".join([self._ph] * len(columns))
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns[keys:])
@@ -106,7 +124,7 @@ class Destinations:
         )
         self._conn.commit()
 
-    def _execute(self, sql: str, params: tuple[str, ...] = ()) -> None:
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
         cursor = self._conn.cursor()
         try:
             cursor.execute(sql, params) if params else cursor.execute(sql)

@@ -362,7 +362,9 @@ def sync_records(
     why = reconcile_due(
         state.options.reconcile, spec.export.reconcile_every, places.reconciled_at(spec.id, destination), now
     )
-    options = replace(state.options, destination=destination, reconcile=bool(why))
+    options = replace(
+        state.options, destination=destination, reconcile=bool(why), account_size=places.size(destination)
+    )
     leave = LeaveOptions.of(spec, destination=destination, dry_run=dry_run, concurrency=options.concurrency)
     leavers = None if audience is None else find_leavers(store, audience(), leave)
     if leavers is not None:
@@ -371,6 +373,8 @@ def sync_records(
     result.destination, result.reconciled = destination, why
     if why and not result.failed:
         places.record_reconciled(spec.id, destination, now)
+    if result.listed is not None:
+        places.record_size(destination, result.listed)
     # After the sync: a leaver's customer that a profile of this run now holds is handed over.
     left = None if leavers is None else Leaving(api, store, leave).run(leavers)
     return Synced(result, left)

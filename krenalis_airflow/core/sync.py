@@ -71,7 +71,8 @@ SAMPLES = 5
 LEDGER_BATCH = 500  # records whose ledger entries are fetched in one query
 # Matching by id, up to this many misses are looked up one call each (a missing or deleted id
 # is simply not found); past it, one listing of 100 customers a call is the cheaper bet. At
-# this size the lookups cost no more than listing an account of 10,000 customers.
+# this size the lookups cost no more than listing an account of 10,000 customers. Once a
+# listing has counted the destination's customers, the limit is that listing's pages.
 ID_LOOKUPS = 100
 # A listing keeps only the customers the run's misses need (memory follows the misses, not the
 # account); past this many misses it keeps every customer instead.
@@ -145,6 +146,7 @@ class SyncOptions:
     checkpoint_every: int = 100
     give_up_after: int = 3  # runs in a row a profile may fail for transient reasons
     destination: str = ""  # the Stripe written to: ledger entries of another one are verified, not trusted
+    account_size: int | None = None  # customers in the destination when last listed whole (None: unknown)
     reconcile: bool = False  # verify every synced customer against one listing of Stripe; repair drift
 
 
@@ -170,6 +172,7 @@ class SyncResult:
     elsewhere: Counter[str] = field(default_factory=Counter)  # entries synced to another destination
     overlaps: dict[tuple[str, str], Overlap] = field(default_factory=dict)  # by (other pipeline, unit)
     destination: str = ""  # the Stripe this run wrote to
+    listed: int | None = None  # customers in the account, when this run listed it whole
     reconciled: str = ""  # why this run reconciled ("" when it did not)
     skipped: Counter[str] = field(default_factory=Counter)
     rejections: list[Rejection] = field(default_factory=list)
@@ -396,7 +399,7 @@ class Syncer:
         customers: dict[str, dict[str, Any]] | None = None
         if wanted is None:
             index, customers = self._build_index(None)
-        elif options.stripe_field == "id" and 0 < len(wanted.matches) <= ID_LOOKUPS:
+        elif options.stripe_field == "id" and 0 < len(wanted.matches) <= self._lookup_limit():
             index = self._look_up(wanted.matches)
         elif wanted.matches:
             index, customers = self._build_index(wanted)
@@ -445,6 +448,12 @@ class Syncer:
             return self.options.reconcile
         settled = entry.status == "rejected" or entry.attempts >= self.options.give_up_after
         return not (settled and entry.payload_hash == payload_hash(record))
+
+    def _lookup_limit(self) -> int:
+        """Up to how many misses one lookup each beats a listing: the listing's pages when the
+        destination's size is known (``Destinations.size``), else ``ID_LOOKUPS``."""
+        size = self.options.account_size
+        return ID_LOOKUPS if size is None else max(ID_LOOKUPS, -(-size // 100))
 
     def _wanted(self, records: Iterable[Record], synced: dict[int, int]) -> Wanted | None:
         """What the records the ledger does not settle need from Stripe: their matching values, and
@@ -500,6 +509,7 @@ class Syncer:
             len(by_id),
             self.options.stripe_field,
         )
+        self.result.listed = listed
         return index, by_id
 
     def _look_up(self, ids: set[str]) -> dict[str, list[dict[str, Any]]]:

@@ -33,7 +33,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any,
     yield conn, "%s", prefix
     conn.rollback()
     cursor = conn.cursor()
-    for table in ("stripe_accounts", "reconciled"):
+    for table in ("stripe_accounts", "reconciled", "stripe_sizes"):
         cursor.execute(f"DROP TABLE IF EXISTS {prefix}{table}")
     conn.commit()
     conn.close()
@@ -115,3 +115,14 @@ def test_reconcile_due(
     requested: bool, every: timedelta | None, last: datetime | None, expected: str
 ) -> None:
     assert reconcile_due(requested, every, last, NOW) == expected
+
+
+def test_the_size_of_a_destination_is_remembered_for_the_next_run(store: tuple[Any, str, str]) -> None:
+    conn, ph, prefix = store
+    places = Destinations(conn, ph, prefix)
+    assert places.size("acct_A") is None
+    places.record_size("acct_A", 1_000_000)
+    places.record_size("acct_A", 1_000_042)
+    assert places.size("acct_A") == 1_000_042
+    Destinations(conn, ph, prefix, writable=False).record_size("acct_A", 1)  # a dry run writes nothing
+    assert places.size("acct_A") == 1_000_042 and places.size("acct_B") is None

@@ -41,7 +41,9 @@ class Account:
         raise AssertionError("not expected")
 
     def find(self, customer_id: str) -> dict[str, Any] | None:
-        raise AssertionError("not expected")
+        self.calls["customers.retrieve"] += 1
+        number = int(customer_id.removeprefix("cus_")) if customer_id.removeprefix("cus_").isdigit() else -1
+        return dict(self.customers[number]) if 0 <= number < len(self.customers) else None
 
     def create(self, params: dict[str, Any], idempotency_key: str) -> str:
         self.calls["customers.create"] += 1
@@ -101,3 +103,30 @@ def test_a_reconciliation_keeps_the_whole_listing(ledger: Ledger, caplog: pytest
         )
     assert "Listed 1000 Stripe customers; kept 1000" in caplog.text
     assert (result.drifted, result.unchanged) == (0, 1)
+
+
+def by_id(number: int) -> Record:
+    return Record(f"p{number}", f"cus_{number}", f"cus_{number}", {"name": f"Renamed {number}"})
+
+
+@pytest.mark.parametrize(
+    ("size", "calls"),
+    [
+        (None, {"customers.list": 500}),  # size unknown: 300 misses are more than ID_LOOKUPS
+        (50_000, {"customers.retrieve": 300}),  # known: 300 lookups beat 500 pages
+        (20_000, {"customers.list": 200}),  # known: 200 pages beat 300 lookups
+    ],
+)
+def test_matching_by_id_looks_up_or_lists_whichever_costs_fewer_reads(
+    ledger: Ledger, size: int | None, calls: dict[str, int]
+) -> None:
+    account = Account(50_000 if size is None else size)
+    step = len(account.customers) // 300
+    records = [by_id(n * step) for n in range(300)]  # 300 misses, spread over the account
+    options = SyncOptions(
+        pipeline_id="big", mode="update_only", stripe_field="id", destination="acct_big", account_size=size
+    )
+    result = Syncer(account, ledger, options).run(lambda: iter(records))
+    assert result.updated == 300
+    assert {k: v for k, v in account.calls.items() if k != "customers.update"} == calls
+    assert result.listed == (None if "customers.retrieve" in calls else len(account.customers))
