@@ -28,6 +28,8 @@ from airflow.sdk.exceptions import AirflowFailException
 from krenalis_airflow.core.plan import BROKEN_PREFIX, BrokenPlan, PipelinePlan, plan_broken, plan_pipeline
 from krenalis_airflow.core.spec import LoadedSpec, discover, shard_folder, shard_ids
 from krenalis_airflow.exceptions import BrokenPipelineSpecs, SpecError, SpecProblem
+from krenalis_airflow.operators.alerts import FailureAlert
+from krenalis_airflow.operators.lineage import source_asset, writes_outlet
 from krenalis_airflow.operators.profile_export import ProfileExportOperator
 
 log = logging.getLogger(__name__)
@@ -177,6 +179,7 @@ def render(plan: PipelinePlan) -> DAG:
         ),
     ) as dag:
         previous = None
+        failure = _failure_callback(plan)
         for step in plan.steps:
             task = ProfileExportOperator(
                 task_id=step.task_id,
@@ -185,12 +188,34 @@ def render(plan: PipelinePlan) -> DAG:
                 spec_file=plan.spec_file,
                 upstream_task_id=step.upstream,
                 doc_md=step.doc,
+                on_failure_callback=failure,
+                **_lineage(plan, step.step),
             )
             if previous is not None:
                 previous >> task
             previous = task
     dag.validate()
     return dag
+
+
+def _failure_callback(plan: PipelinePlan) -> FailureAlert | None:
+    """The tasks' ``on_failure_callback`` when the spec asks for failure alerts (``alerts.on_failure``).
+
+    A task callback, not the DAG's: it runs in the failed task's process (see
+    ``operators/alerts.py``). Holds plain settings: the notifier is imported only when it fires."""
+    alerts = plan.spec.alerts
+    return FailureAlert(plan.spec, plan.spec_file) if alerts is not None and alerts.on_failure else None
+
+
+def _lineage(plan: PipelinePlan, step: str) -> dict[str, Any]:
+    """The step's assets: the source table is the extract's inlet; the upsert's outlet is the alias
+    through which a run that wrote emits the destination's asset event (``operators/lineage.py``).
+    Built from the spec alone: no connection is read while parsing."""
+    if step == "extract":
+        return {"inlets": [source_asset(plan.spec)]}
+    if step == "upsert":
+        return {"outlets": [writes_outlet(plan.spec)]}
+    return {}
 
 
 BOOLEAN = {"type": "boolean"}

@@ -341,3 +341,108 @@ def test_init_shard_writes_the_dag_files_of_one_sub_folder(
     assert "--shard 'EU': a shard is a sub-folder of the pipelines folder named like a pipeline id" in (
         capsys.readouterr().err
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Alerts and lineage
+
+ALERTING = (
+    MINIMAL
+    + """\
+alerts:
+  notifier: {notifier}
+  args: {{path: {path}}}
+  on_failure: {on_failure}
+  rejected_share: 5%
+"""
+)
+RECORDING = "tests.dags.recording_notifier.RecordingNotifier"
+
+
+def alerting(folder: Path, pid: str, notifier: str = RECORDING, on_failure: str = "true") -> None:
+    path = folder / "alerts.jsonl"
+    text = ALERTING.format(
+        id=pid, enabled="true", schedule="1h", notifier=notifier, on_failure=on_failure, path=path
+    )
+    spec(folder, f"{pid}.yaml", text)
+
+
+def test_the_source_is_the_extracts_inlet_and_the_upsert_writes_through_an_alias(tmp_path: Path) -> None:
+    from airflow.sdk import Asset, AssetAlias
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    spec(tmp_path, "lineage.yaml", MINIMAL.format(id="lineage", enabled="true", schedule="1h"))
+    dag = build_dags(tmp_path)["lineage"]
+    assets = {t.task_id: (t.inlets, t.outlets) for t in dag.tasks}
+    assert assets == {
+        "extract": ([Asset("x-sql://warehouse/customer_profiles")], []),
+        "transform": ([], []),
+        "dedupe": ([], []),
+        "upsert": ([], [AssetAlias("krenalis/lineage/stripe-writes")]),
+    }
+    tasks = {t["__var"]["task_id"]: t["__var"] for t in DagSerialization.to_dict(dag)["dag"]["tasks"]}
+    assert "x-sql://warehouse/customer_profiles" in str(tasks["extract"]["inlets"])
+    assert "krenalis/lineage/stripe-writes" in str(tasks["upsert"]["outlets"])
+
+
+def test_failure_alerts_are_a_callback_of_every_task(tmp_path: Path) -> None:
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from krenalis_airflow.operators.alerts import FailureAlert
+
+    alerting(tmp_path, "loud")
+    alerting(tmp_path, "figures_only", on_failure="false")
+    spec(tmp_path, "quiet.yaml", MINIMAL.format(id="quiet", enabled="true", schedule="1h"))
+    dags = build_dags(tmp_path)
+    loud = dags["loud"]
+    callbacks = {id(cb) for t in loud.tasks for cb in t.on_failure_callback}
+    assert len(callbacks) == 1 and all(isinstance(t.on_failure_callback[0], FailureAlert) for t in loud.tasks)
+    assert loud.on_failure_callback is None  # a task callback: it runs in the failed task's process
+    tasks = DagSerialization.to_dict(loud)["dag"]["tasks"]
+    assert all(t["__var"].get("has_on_failure_callback") for t in tasks)
+    for quiet in (dags["figures_only"], dags["quiet"]):
+        assert all(not t.on_failure_callback for t in quiet.tasks)
+
+
+def test_the_failure_callback_sends_through_the_notifier_and_never_raises(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from tests.dags.recording_notifier import read_alerts
+
+    alerting(tmp_path, "loud")
+    alerting(tmp_path, "down", notifier="tests.dags.recording_notifier.FailingNotifier")
+    dags = build_dags(tmp_path)
+    ti = SimpleNamespace(
+        task_id="upsert",
+        dag_id="loud",
+        run_id="manual__1",
+        log_url="http://af/dags/loud/runs/manual__1/tasks/upsert",
+    )
+    context = {"ti": ti, "run_id": "manual__1", "exception": RuntimeError("Stripe said no {{ x }}")}
+    dags["loud"].get_task("upsert").on_failure_callback[0](context)
+    [sent] = read_alerts(tmp_path / "alerts.jsonl")
+    assert sent["kind"] == "failure" and sent["title"] == "Pipeline loud: the run failed at task upsert"
+    assert "RuntimeError: Stripe said no {{ x }}" in sent["text"]  # the text is not rendered again
+    assert "/dags/loud/runs/manual__1" in sent["text"] and "task log http://af/dags/loud" in sent["text"]
+    dags["down"].get_task("extract").on_failure_callback[0]({**context, "ti": ti})  # logged, not raised
+
+
+def test_parsing_imports_no_notifier(tmp_path: Path) -> None:
+    """The notifier's module (Slack's, SMTP's, …) is imported when an alert fires, not at each parse."""
+    import subprocess
+
+    alerting(tmp_path, "smtp_alerts", notifier="airflow.providers.smtp.notifications.smtp.SmtpNotifier")
+    alerting(tmp_path, "own_alerts")
+    probe = (
+        "import sys\n"
+        "from krenalis_airflow.dag_factory import build_dags\n"
+        f"assert {{'smtp_alerts', 'own_alerts'}} <= set(build_dags({str(tmp_path)!r}))\n"
+        "names = ('airflow.providers.smtp.notifications.smtp', 'tests.dags.recording_notifier',\n"
+        "         'krenalis_airflow.core.history')\n"
+        "print(sorted(n for n in names if n in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=str(ROOT)
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

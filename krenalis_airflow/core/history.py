@@ -99,6 +99,23 @@ class History:
         self._conn.commit()
         return count
 
+    def last_success(self, before_run_id: str) -> dict[str, Any] | None:
+        """The latest successful run of the pipeline other than ``before_run_id`` (the run
+        asking, which may be recorded already): its ``run_id``, ``ended_at`` and counts; None
+        when there is none. Dry runs are never recorded, so they are never the base."""
+        counts = ", ".join(RUN_COUNTS)
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(
+                f"SELECT run_id, ended_at, {counts} FROM {self.runs} WHERE pipeline_id = {self._ph}"
+                f" AND outcome = 'success' AND run_id <> {self._ph} ORDER BY ended_at DESC, run_id DESC",
+                (self._pipeline, before_run_id),
+            )
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        return None if row is None else dict(zip(("run_id", "ended_at", *RUN_COUNTS), row, strict=True))
+
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
         cursor = self._conn.cursor()
         try:

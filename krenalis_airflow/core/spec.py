@@ -296,6 +296,101 @@ class State(Model):
     table_prefix: str = Field(default="krenalis_", pattern=r"^[a-z][a-z0-9_]*$")
 
 
+NOTIFIER = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*|\.[A-Za-z_]\w*)$")
+ARGUMENT = re.compile(r"^[A-Za-z_]\w*$")
+
+
+class Alerts(Model):
+    """Who is told, and when: an Airflow notifier and the conditions that send through it.
+
+    ``notifier`` is an import reference (``package.module.Name`` or ``package.module:name``): a
+    ``BaseNotifier`` subclass (Slack, SMTP, SNS, … or your own), called as ``Name(**args)(context)``,
+    or a function, called as ``name(context, **args)``. It is imported when an alert fires, never
+    when a DAG file is parsed (``krenalis-airflow validate`` imports it and checks the arguments).
+    ``message_arg`` names the argument that receives the alert's text (``text`` for Slack,
+    ``html_content`` for SMTP, ``message`` for SNS; ``null``: none, use ``{{ krenalis_alert.text }}``
+    in a templated argument instead). Conditions: ``on_failure`` (a task of the run failed for
+    good), ``rejected_share`` (rejected + failed profiles above this share of the extracted ones),
+    ``extracted_swing`` (the extracted count moved by at least this share from the last
+    successful run's) and ``on_drift`` (a reconciliation found customers edited or deleted in
+    Stripe). The figure conditions are checked when the upsert has its summary; dry runs send none.
+    """
+
+    notifier: str
+    args: dict[str, Any] = {}
+    message_arg: str | None = "text"
+    on_failure: bool = True
+    rejected_share: str | None = None
+    extracted_swing: str | None = None
+    on_drift: bool = False
+
+    @field_validator("notifier")
+    @classmethod
+    def _notifier(cls, value: str) -> str:
+        if not NOTIFIER.match(value):
+            raise ValueError(
+                f"{value!r} is not an import reference; write package.module.Name (a BaseNotifier "
+                "subclass, e.g. airflow.providers.slack.notifications.slack.SlackNotifier) or "
+                "package.module:name"
+            )
+        return value
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if bad := [name for name in value if not ARGUMENT.match(str(name))]:
+            raise ValueError(f"not argument names: {', '.join(map(repr, bad))}")
+        return value
+
+    @field_validator("message_arg")
+    @classmethod
+    def _message_arg(cls, value: str | None) -> str | None:
+        if value is not None and not ARGUMENT.match(value):
+            raise ValueError(f"{value!r} is not an argument name (e.g. text, html_content, message)")
+        return value
+
+    @field_validator("rejected_share", "extracted_swing", mode="before")
+    @classmethod
+    def _share(cls, value: Any, info: ValidationInfo) -> Any:
+        top = 100 if info.field_name == "rejected_share" else 1000
+        percent = _percent(value) if isinstance(value, str) else None
+        if value is None or (percent is not None and percent <= top):
+            return value
+        example = "5%" if info.field_name == "rejected_share" else "50%"
+        raise ValueError(f"{value!r} is not a percentage up to {top}% (e.g. {example}), or null for never")
+
+    @model_validator(mode="after")
+    def _usable(self, info: ValidationInfo) -> Alerts:
+        if not (self.on_failure or self.on_drift or self.rejected_share or self.extracted_swing):
+            raise ValueError(
+                "no condition is on: set on_failure: true, on_drift: true, rejected_share (e.g. 5%) or "
+                "extracted_swing (e.g. 50%), or remove the alerts block"
+            )
+        if self.message_arg is not None and self.message_arg in self.args:
+            raise KeyedError(
+                ("args", self.message_arg),
+                f"{self.message_arg} receives the alert's text (message_arg); remove it from args, "
+                "or set message_arg: null and write the text yourself",
+            )
+        context = info.context or {}
+        if context.get("import_references", True):
+            from krenalis_airflow.core.alerts import notifier_problem
+
+            if problem := notifier_problem(self, context.get("search_path", ())):
+                raise KeyedError(("notifier",), problem)
+        return self
+
+    def share(self, name: Literal["rejected_share", "extracted_swing"]) -> float | None:
+        """``rejected_share`` or ``extracted_swing`` as a fraction (``5%`` → 0.05); None when off."""
+        value = getattr(self, name)
+        return None if value is None else (_percent(value) or 0.0) / 100
+
+
+def _percent(value: str) -> float | None:
+    """``5%``, ``12.5%`` as a number of percent; None when ``value`` is not one."""
+    return float(value[:-1]) if re.match(r"^\d+(\.\d+)?%$", value) else None
+
+
 class PipelineSpec(Model):
     """A whole pipeline spec, as read from its YAML file."""
 
@@ -320,6 +415,7 @@ class PipelineSpec(Model):
     export: Export
     transformation: Transformation
     state: State = State()
+    alerts: Alerts | None = None
 
     @field_validator("schedule", mode="before")
     @classmethod

@@ -77,4 +77,9 @@ class ProfileExportOperator(BaseOperator):
             log=self.log,  # type: ignore[arg-type]
         )
         with airflow_outcome():
-            return getattr(steps, RUNNERS[self.step])(run)
+            result: dict[str, Any] = getattr(steps, RUNNERS[self.step])(run)
+        if self.step == "upsert":  # the destination's asset event, only when the run wrote
+            from krenalis_airflow.operators.lineage import record_writes
+
+            record_writes(context, self.spec, result)
+        return result

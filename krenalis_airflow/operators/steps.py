@@ -24,6 +24,7 @@ from krenalis_airflow.core.spec import PipelineSpec
 from krenalis_airflow.core.stripe_api import StripeCustomers
 from krenalis_airflow.exceptions import ConnectionUnusable, RunFailed
 from krenalis_airflow.hooks.stripe import StripeHook
+from krenalis_airflow.operators import alerts
 from krenalis_airflow.operators.storage import keep_files
 
 
@@ -170,6 +171,11 @@ def upsert(run: StepRun) -> dict[str, Any]:
         done = core.run_upsert(
             api, spec, state_run, run.upstream, files, open_file, log=run.log, retried=api.retried
         )
+        found, context = alerts.run_alerts_of(
+            spec, run.run_id, done.summary, conn, state.placeholder, files.summary, run.log
+        )
+    if found and spec.alerts is not None:  # sent outside the lease, before a max_rejected failure
+        alerts.send(spec.alerts, found, context, run.log, run.spec_file)
     if error := done.error():
         # Transient failures: an Airflow retry resends just those. Rejections: fix the data first.
         # The profile files stay for the retry, and for whoever looks into it.

@@ -873,3 +873,102 @@ def test_a_bad_max_leave_says_what_is_allowed(tmp_path: Path) -> None:
         key="export.max_leave",
         says=("'lots' is not a count (e.g. 50) or a percentage of the profiles in the ledger (e.g. 5%)",),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Alerts
+
+ALERTS = """\
+alerts:
+  notifier: tests.core.fake_notifiers.ChannelNotifier
+  args: {channel: "#ops"}
+  rejected_share: 5%
+  extracted_swing: 50%
+  on_drift: true
+"""
+
+
+def with_alerts(block: str = ALERTS) -> str:
+    return EXAMPLE + block
+
+
+def test_alerts_are_optional_and_load_with_their_values(tmp_path: Path) -> None:
+    assert load_spec(write(tmp_path, EXAMPLE)).alerts is None
+    alerts = load_spec(write(tmp_path, with_alerts())).alerts
+    assert alerts is not None
+    assert (alerts.notifier, alerts.args, alerts.message_arg) == (
+        "tests.core.fake_notifiers.ChannelNotifier",
+        {"channel": "#ops"},
+        "text",
+    )
+    assert alerts.on_failure is True and alerts.on_drift is True
+    assert (alerts.share("rejected_share"), alerts.share("extracted_swing")) == (0.05, 0.5)
+
+
+def test_a_function_notifier_with_its_message_argument(tmp_path: Path) -> None:
+    block = "alerts:\n  notifier: tests.core.fake_notifiers:page\n  message_arg: message\n"
+    alerts = load_spec(write(tmp_path, with_alerts(block))).alerts
+    assert alerts is not None and alerts.on_failure and alerts.rejected_share is None
+
+
+def test_an_unknown_alerts_key(tmp_path: Path) -> None:
+    text = with_alerts(ALERTS.replace("on_drift: true", "on_drfit: true"))
+    assert_problem(
+        tmp_path, text, line=line_of(text, "on_drfit"), key="alerts.on_drfit", says=("unknown key",)
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "says"),
+    [
+        (
+            "rejected_share: 5%",
+            "rejected_share: 5",
+            "alerts.rejected_share",
+            "5 is not a percentage up to 100%",
+        ),
+        ("rejected_share: 5%", "rejected_share: 150%", "alerts.rejected_share", "up to 100% (e.g. 5%)"),
+        ("extracted_swing: 50%", "extracted_swing: half", "alerts.extracted_swing", "up to 1000% (e.g. 50%)"),
+        (
+            "notifier: tests.core.fake_notifiers.ChannelNotifier",
+            "notifier: slack",
+            "alerts.notifier",
+            "'slack' is not an import reference",
+        ),
+        ('args: {channel: "#ops"}', 'args: {channel: "#ops", text: hi}', "alerts.args.text", "message_arg"),
+    ],
+)
+def test_bad_alert_settings_say_what_is_allowed(
+    tmp_path: Path, old: str, new: str, key: str, says: str
+) -> None:
+    text = with_alerts(edit(old, new, ALERTS))
+    line = line_of(text, new.split(":")[0] + ":")
+    assert_problem(tmp_path, text, line=line, key=key, says=(says,))
+
+
+def test_alerts_without_a_condition(tmp_path: Path) -> None:
+    block = (
+        "alerts:\n  notifier: tests.core.fake_notifiers:page\n  message_arg: message\n  on_failure: false\n"
+    )
+    text = with_alerts(block)
+    assert_problem(tmp_path, text, line=line_of(text, "alerts:"), key="alerts", says=("no condition is on",))
+
+
+def test_the_notifier_is_imported_by_validate_and_not_when_dags_are_parsed(tmp_path: Path) -> None:
+    text = with_alerts(ALERTS.replace("ChannelNotifier", "SlackNotifer"))
+    assert_problem(
+        tmp_path,
+        text,
+        line=line_of(text, "notifier:"),
+        key="alerts.notifier",
+        says=("module 'tests.core.fake_notifiers' has no class or function 'SlackNotifer'",),
+    )
+    assert load_spec(write(tmp_path, text), import_references=False).alerts is not None
+    wrong_args = with_alerts(ALERTS.replace('{channel: "#ops"}', '{room: "#ops"}'))
+    assert_problem(
+        tmp_path,
+        wrong_args,
+        line=line_of(wrong_args, "notifier:"),
+        key="alerts.notifier",
+        says=("cannot be called with room, text", "it takes channel, text, conn_id"),
+    )
