@@ -3,8 +3,6 @@ PostgreSQL (each PostgreSQL test uses its own table prefix and drops its tables)
 
 from __future__ import annotations
 
-import sqlite3
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,30 +11,14 @@ from typing import Any
 import pytest
 
 from krenalis_airflow.core.destination import Destinations, is_account, key_fingerprint, reconcile_due
-from tests.core.warehouses import PG_DSN
+from tests.core.warehouses import state_store
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, str, str]]:
     """(connection, placeholder, table prefix)"""
-    if request.param == "sqlite":
-        conn = sqlite3.connect(tmp_path / "state.db")
-        yield conn, "?", "krenalis_"
-        conn.close()
-        return
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        conn = psycopg2.connect(PG_DSN)
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(f"PostgreSQL at {PG_DSN} is not reachable: {exc}")
-    prefix = f"t_{uuid.uuid4().hex}_"
-    yield conn, "%s", prefix
-    conn.rollback()
-    cursor = conn.cursor()
-    for table in ("stripe_accounts", "reconciled", "stripe_sizes"):
-        cursor.execute(f"DROP TABLE IF EXISTS {prefix}{table}")
-    conn.commit()
-    conn.close()
+    with state_store(request.param, tmp_path, ("stripe_accounts", "reconciled", "stripe_sizes")) as found:
+        yield found
 
 
 def test_a_fingerprint_names_key_and_base_url_without_the_key() -> None:

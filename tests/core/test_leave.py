@@ -10,8 +10,6 @@ from a real extract file compares exactly with the keys the ledger holds.
 from __future__ import annotations
 
 import io
-import sqlite3
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +41,7 @@ from krenalis_airflow.exceptions import RunFailed, TooManyLeaving
 from support.fault_proxy import FaultProxy
 from support.localstripe_process import STRIPE_TEST_KEY
 from support.stripe_contract import violations
-from tests.core.warehouses import PG_DSN
+from tests.core.warehouses import state_store
 
 PIPELINE = "leave_test"
 DEST = "key:0123456789abcdef0123"
@@ -52,33 +50,11 @@ DEST = "key:0123456789abcdef0123"
 # -- fixtures: a ledger on each database, a sync and a leave step against localstripe -------------
 
 
-def _sqlite(tmp_path: Path) -> Iterator[tuple[Any, str, str]]:
-    conn = sqlite3.connect(tmp_path / "state.sqlite", check_same_thread=False)
-    yield conn, "?", "krenalis_"
-    conn.close()
-
-
-def _postgres() -> Iterator[tuple[Any, str, str]]:
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        conn = psycopg2.connect(PG_DSN)
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(f"PostgreSQL at {PG_DSN} is not reachable: {exc}")
-    prefix = f"t_{uuid.uuid4().hex}_"
-    yield conn, "%s", prefix
-    conn.rollback()
-    cursor = conn.cursor()
-    cursor.execute(f"DROP TABLE IF EXISTS {prefix}ledger")
-    conn.commit()
-    conn.close()
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, str, str]]:
     """A DB-API connection to the state database, its placeholder and a table prefix of its own."""
-    backend = _sqlite(tmp_path) if request.param == "sqlite" else _postgres()
-    yield next(backend)
-    next(backend, None)
+    with state_store(request.param, tmp_path, ("ledger",)) as found:
+        yield found
 
 
 @dataclass

@@ -127,3 +127,34 @@ def connect(name: str, sqlite_path: Path, schema: str | None) -> Warehouse:
     if name == "sqlite":
         return Warehouse(name, sqlite3.connect(sqlite_path), None)
     return Warehouse(name, pg_connect(name), schema)
+
+
+@contextlib.contextmanager
+def state_store(kind: str, folder: Path, tables: Sequence[str]) -> Iterator[tuple[Any, str, str]]:
+    """A state store to test against: ``(DB-API connection, placeholder, table prefix)``.
+
+    ``kind`` ``sqlite``: a file in ``folder``, prefix ``krenalis_``. ``postgres``: the ``test``
+    database through psycopg2, a prefix of its own, and ``tables`` (names after the prefix)
+    dropped at the end; skipped when PostgreSQL is not reachable."""
+    if kind == "sqlite":
+        conn = sqlite3.connect(folder / "state.db", check_same_thread=False)
+        try:
+            yield conn, "?", "krenalis_"
+        finally:
+            conn.close()
+        return
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        conn = psycopg2.connect(PG_DSN)
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"PostgreSQL at {PG_DSN} is not reachable: {exc}")
+    prefix = f"t_{uuid.uuid4().hex}_"
+    try:
+        yield conn, "%s", prefix
+    finally:
+        conn.rollback()
+        cursor = conn.cursor()
+        for table in tables:
+            cursor.execute(f"DROP TABLE IF EXISTS {prefix}{table}")
+        conn.commit()
+        conn.close()
