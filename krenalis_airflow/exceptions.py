@@ -9,7 +9,8 @@ The map (dlt-style: the group says the action, the class says the cause)::
     │   │   ├── BrokenPipelineSpecs        the DAG-file report of every spec that does not load
     │   │   ├── TransformationUnusable     the spec's user code cannot load: a Python import fails,
     │   │   │                              the pyduktape2 extra is missing, the JS source is bad
-    │   │   └── ConnectionUnusable         a named Airflow connection cannot serve (not SQL, no key…)
+    │   │   ├── ConnectionUnusable         a named Airflow connection cannot serve (not SQL, no key…)
+    │   │   └── NotifierUnusable           the spec's alerts.notifier cannot be imported or called
     │   ├── TerminalSyncError (SyncError)  Stripe refuses the key itself (401) or a permission (403)
     │   └── RunFailed                      the run ended past export.max_rejected, or its files are gone
     │       └── TooManyLeaving             more profiles would leave than export.max_leave: nothing changed
@@ -106,6 +107,11 @@ class TransformationUnusable(ConfigError):
 class ConnectionUnusable(ConfigError):
     """An Airflow connection the spec names cannot serve its role: not a SQL connection, or a
     Stripe connection without a usable key, host or extras. Found before any request is sent."""
+
+
+class NotifierUnusable(ConfigError):
+    """The spec's ``alerts.notifier`` cannot be imported or called with its arguments (reported by
+    ``validate``; when an alert fires, only logged: an alert never fails a run)."""
 
 
 class KeyedError(ValueError):

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from krenalis_airflow.core.redact import redact
 from krenalis_airflow.core.spec import Alerts
+from krenalis_airflow.exceptions import NotifierUnusable
 
 AlertKind = Literal["failure", "rejected_share", "extracted_swing", "drift"]
 TEMPLATED_TEXT = "{{ krenalis_alert.text }}"  # how the text reaches a templated notifier argument
@@ -154,10 +155,6 @@ def _drift(settings: Alerts, summary: Mapping[str, Any], where: str) -> Alert | 
 
 
 # -- the notifier: found, checked and called with what (no Airflow imported here) ----------------
-
-
-class NotifierUnusable(Exception):
-    """The spec's ``alerts.notifier`` cannot be imported or called with its arguments."""
 
 
 def load_notifier(reference: str, search_path: Sequence[str | Path] = ()) -> Any:
