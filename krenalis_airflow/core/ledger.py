@@ -177,22 +177,11 @@ class Ledger:
 
     def entries(self, keys: Sequence[str]) -> dict[str, LedgerEntry]:
         """The full entries of ``keys`` (those that have one), 500 keys per query."""
-        found: dict[str, LedgerEntry] = {}
-        cursor = self._conn.cursor()
-        try:
-            for start in range(0, len(keys), 500):
-                chunk = list(keys[start : start + 500])
-                marks = ", ".join([self._ph] * len(chunk))
-                cursor.execute(
-                    f"SELECT {', '.join(COLUMNS[1:-1])} FROM {self.table}"
-                    f" WHERE pipeline_id = {self._ph} AND profile_key IN ({marks})",
-                    (self._pipeline, *chunk),
-                )
-                for key, *row in cursor.fetchall():
-                    found[key] = _entry(row)
-            return found
-        finally:
-            cursor.close()
+        sql = (
+            f"SELECT {', '.join(COLUMNS[1:-1])} FROM {self.table}"
+            f" WHERE pipeline_id = {self._ph} AND profile_key IN ({{marks}})"
+        )
+        return {key: _entry(row) for key, *row in self._select_in(sql, (self._pipeline,), keys)}
 
     def record(self, entries: Mapping[str, LedgerEntry] | Iterable[tuple[str, LedgerEntry]]) -> int:
         """Upsert entries and commit. A ``synced`` entry must be one Stripe has confirmed."""
@@ -307,19 +296,22 @@ class Ledger:
         """``(pipeline id, key, entry)`` of every entry of this table, of any pipeline, that has not
         left and holds one of ``customer_ids`` (as its only customer) in ``destination``; 500 ids
         a query, through the ``(destination, customer_ids)`` index."""
-        found: list[tuple[str, str, LedgerEntry]] = []
+        sql = (
+            f"SELECT {', '.join(COLUMNS[:-1])} FROM {self.table}"
+            f" WHERE destination = {self._ph} AND customer_ids IN ({{marks}}) AND status <> 'left'"
+        )
+        rows = self._select_in(sql, (destination,), customer_ids)
+        return [(pipeline, key, _entry(row)) for pipeline, key, *row in rows]
+
+    def _select_in(self, sql: str, params: tuple[Any, ...], values: Sequence[str]) -> list[tuple[Any, ...]]:
+        """The rows of ``sql`` (whose ``{marks}`` is an ``IN`` list) for ``values``, 500 a query."""
+        found: list[tuple[Any, ...]] = []
         cursor = self._conn.cursor()
         try:
-            for start in range(0, len(customer_ids), 500):
-                chunk = list(customer_ids[start : start + 500])
-                marks = ", ".join([self._ph] * len(chunk))
-                cursor.execute(
-                    f"SELECT {', '.join(COLUMNS[:-1])} FROM {self.table}"
-                    f" WHERE destination = {self._ph} AND customer_ids IN ({marks}) AND status <> 'left'",
-                    (destination, *chunk),
-                )
-                for pipeline, key, *row in cursor.fetchall():
-                    found.append((pipeline, key, _entry(row)))
+            for start in range(0, len(values), 500):
+                chunk = list(values[start : start + 500])
+                cursor.execute(sql.format(marks=", ".join([self._ph] * len(chunk))), (*params, *chunk))
+                found += [tuple(row) for row in cursor.fetchall()]
             return found
         finally:
             cursor.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ import pytest
 import stripe
 from airflow.sdk import ObjectStoragePath
 
+from krenalis_airflow.__main__ import main
 from krenalis_airflow.core.sample_data import write_sqlite_warehouse
 from krenalis_airflow.core.spec import load_spec
 from krenalis_airflow.exceptions import TooManyLeaving
@@ -269,3 +271,27 @@ def test_leavers_are_cleared_by_the_upsert_and_an_emptied_table_changes_nothing(
         pipelines.run(text=CLEARING)
     assert pipelines.query("SELECT * FROM krenalis_ledger ORDER BY profile_key") == before
     assert len(customers(stripe_url)) == first["created"]
+
+
+def test_plan_reconcile_lists_the_drift_and_who_would_leave(
+    pipelines: Pipelines, stripe_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = pipelines.run(text=CLEARING)
+    edited = customers(stripe_url)[0]
+    edited_key = edited["metadata"]["profile_id"]
+    client(stripe_url).v1.customers.update(edited["id"], params={"name": "Edited in the dashboard"})
+    synced = pipelines.query("SELECT profile_key FROM krenalis_ledger WHERE status = 'synced'")
+    key = next(found for (found,) in synced if found != edited_key)  # leaves the warehouse
+    pipelines.query("DELETE FROM customer_profiles WHERE profile_id = ?", key)
+    spec_file = pipelines.tmp_path / "pipelines" / "sample_customers.yaml"
+    capsys.readouterr()
+
+    assert main(["plan", str(spec_file), "--reconcile"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^  drifted\s+1  would be set back \(reconcile: asked for", out, re.M), out
+    assert re.search(r"^  left the audience\s+1  on_leave: clear", out, re.M), out
+    assert re.search(r"^    would be cleared\s+1$", out, re.M), out
+    assert f"destination: Stripe {first['destination']}" in out
+    assert f"e.g. drift: {edited_key} → {edited['id']}: name" in out
+    assert f"e.g. left the audience, cleared: {key} → " in out
+    assert customers(stripe_url)[0]["name"] == "Edited in the dashboard", "a plan writes nothing"
