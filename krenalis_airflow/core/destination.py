@@ -12,10 +12,23 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 KEY_PREFIX = "key:"
+TOO_MANY = -1  # ``stripe_listings.odd_emails`` when a listing found more odd emails than it keeps
+
+
+@dataclass(frozen=True)
+class WholeListing:
+    """What a whole listing of a destination saw that makes exact ``email=`` lookups safe after it
+    (``Syncer._email_index``): Stripe's ``email=`` filter is case-sensitive, so every customer whose
+    stored email is not in matching form (upper case, surrounding spaces) must be known another way:
+    those the listing saw are kept here, those written since are in the events after ``started``."""
+
+    started: datetime  # when the listing began, less a margin for clocks (UTC)
+    odd_emails: tuple[tuple[str, str], ...] | None  # (normalised email, customer id); None: too many
 
 
 def key_fingerprint(api_key: str, api_base: str) -> str:
@@ -37,7 +50,9 @@ class Destinations:
     (``GET /v1/account``) and never again: a rerun costs no read. ``<prefix>reconciled``: when
     each pipeline last reconciled its ledger with each destination (see ``reconcile_due``), and how
     many customers that destination held when last listed whole (what a listing would cost: the
-    sync weighs it against one lookup per miss).
+    sync weighs it against one lookup per miss). ``<prefix>stripe_listings`` and
+    ``<prefix>stripe_odd_emails``: when that listing began and the customers whose email it saw
+    stored in a form other than the matching one (``WholeListing``), replaced by each listing.
     A dry run (``writable=False``) reads what is there and writes nothing.
     """
 
@@ -48,6 +63,8 @@ class Destinations:
         self.accounts = f"{table_prefix}stripe_accounts"
         self.reconciled = f"{table_prefix}reconciled"
         self.sizes = f"{table_prefix}stripe_sizes"
+        self.listings = f"{table_prefix}stripe_listings"
+        self.odd_emails = f"{table_prefix}stripe_odd_emails"
         if writable:
             self._execute(
                 f"CREATE TABLE IF NOT EXISTS {self.accounts} (fingerprint VARCHAR(64) NOT NULL PRIMARY KEY,"
@@ -61,6 +78,15 @@ class Destinations:
             self._execute(
                 f"CREATE TABLE IF NOT EXISTS {self.sizes} (destination VARCHAR(64) NOT NULL PRIMARY KEY,"
                 " customers INTEGER NOT NULL, listed_at VARCHAR(40) NOT NULL)"
+            )
+            self._execute(
+                f"CREATE TABLE IF NOT EXISTS {self.listings} (destination VARCHAR(64) NOT NULL PRIMARY KEY,"
+                " started_at VARCHAR(40) NOT NULL, odd_emails INTEGER NOT NULL)"
+            )
+            self._execute(
+                f"CREATE TABLE IF NOT EXISTS {self.odd_emails} (destination VARCHAR(64) NOT NULL,"
+                " email VARCHAR(512) NOT NULL, customer_id VARCHAR(255) NOT NULL,"
+                " PRIMARY KEY (destination, customer_id))"
             )
             self._conn.commit()
 
@@ -101,17 +127,70 @@ class Destinations:
             values = (destination, customers, _now())
             self._upsert(self.sizes, ("destination", "customers", "listed_at"), values)
 
+    def last_listing(self, destination: str) -> WholeListing | None:
+        """What the last whole listing of ``destination`` saw (None: never listed whole)."""
+        rows = self._rows(
+            f"SELECT started_at, odd_emails FROM {self.listings} WHERE destination = {self._ph}", destination
+        )
+        if not rows:
+            return None
+        started, count = datetime.fromisoformat(str(rows[0][0])), int(rows[0][1])
+        if count == TOO_MANY:
+            return WholeListing(started, None)
+        odd = self._rows(
+            f"SELECT email, customer_id FROM {self.odd_emails} WHERE destination = {self._ph}", destination
+        )
+        return WholeListing(started, tuple((str(email), str(customer)) for email, customer in odd))
+
+    def record_listing(self, destination: str, listing: WholeListing) -> None:
+        """Replace what the last whole listing of ``destination`` saw, in one transaction (never in a
+        dry run). Two runs recording at once leave the union of their odd emails: more than needed,
+        never fewer."""
+        if not self._writable:
+            return
+        odd = listing.odd_emails
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(f"DELETE FROM {self.odd_emails} WHERE destination = {self._ph}", (destination,))
+            if odd:
+                cursor.executemany(
+                    f"INSERT INTO {self.odd_emails} (destination, email, customer_id)"
+                    f" VALUES ({self._ph}, {self._ph}, {self._ph})"
+                    " ON CONFLICT (destination, customer_id) DO UPDATE SET email = excluded.email",
+                    [(destination, email, customer) for email, customer in odd],
+                )
+            cursor.execute(
+                f"INSERT INTO {self.listings} (destination, started_at, odd_emails)"
+                f" VALUES ({self._ph}, {self._ph}, {self._ph})"
+                " ON CONFLICT (destination) DO UPDATE SET started_at = excluded.started_at,"
+                " odd_emails = excluded.odd_emails",
+                (
+                    destination,
+                    listing.started.isoformat(timespec="seconds"),
+                    TOO_MANY if odd is None else len(odd),
+                ),
+            )
+        except BaseException:
+            self._conn.rollback()
+            raise
+        finally:
+            cursor.close()
+        self._conn.commit()
+
     def _one(self, sql: str, *params: str) -> str | None:
+        rows = self._rows(sql, *params)
+        return str(rows[0][0]) if rows else None
+
+    def _rows(self, sql: str, *params: str) -> list[tuple[Any, ...]]:
         cursor = self._conn.cursor()
         try:
             cursor.execute(sql, params)
-            row = cursor.fetchone()
+            return [tuple(row) for row in cursor.fetchall()]
         except Exception:  # a dry run before any run: the table is not there (each driver has its own class)
             self._conn.rollback()
-            return None
+            return []
         finally:
             cursor.close()
-        return None if row is None else str(row[0])
 
     def _upsert(self, table: str, columns: tuple[str, ...], values: tuple[Any, ...], keys: int = 1) -> None:
         """Insert or replace a row; its first ``keys`` columns are the primary key."""

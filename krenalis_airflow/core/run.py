@@ -363,7 +363,11 @@ def sync_records(
         state.options.reconcile, spec.export.reconcile_every, places.reconciled_at(spec.id, destination), now
     )
     options = replace(
-        state.options, destination=destination, reconcile=bool(why), account_size=places.size(destination)
+        state.options,
+        destination=destination,
+        reconcile=bool(why),
+        account_size=places.size(destination),
+        last_listing=places.last_listing(destination) if state.options.stripe_field == "email" else None,
     )
     leave = LeaveOptions.of(spec, destination=destination, dry_run=dry_run, concurrency=options.concurrency)
     leavers = None if audience is None else find_leavers(store, audience(), leave)
@@ -375,6 +379,8 @@ def sync_records(
         places.record_reconciled(spec.id, destination, now)
     if result.listed is not None:
         places.record_size(destination, result.listed)
+    if result.whole_listing is not None:
+        places.record_listing(destination, result.whole_listing)
     # After the sync: a leaver's customer that a profile of this run now holds is handed over.
     left = None if leavers is None else Leaving(api, store, leave).run(leavers)
     return Synced(result, left)

@@ -43,6 +43,7 @@ LIST_FIELDS = (
     "tax_exempt",
     "metadata",
 )  # every field a pipeline can write (fields.SCALAR_FIELDS' units and metadata): compared on lookup
+CUSTOMER_EVENTS = ("customer.created", "customer.updated", "customer.deleted")
 
 
 KEY_FIX = "set the connection's password to a secret or restricted key with Customers: write"
@@ -104,6 +105,58 @@ class StripeCustomers:
             if not page.has_more or not page.data:
                 return
             params = {"limit": 100, "starting_after": page.data[-1].id}
+
+    def with_email(self, email: str) -> Iterator[dict[str, Any]]:
+        """The customers whose stored email is exactly ``email`` (``GET /v1/customers?email=``: exact
+        and case-sensitive, so ``Ann@X.com`` is not found for ``ann@x.com``; see ``Syncer._email_index``)."""
+        params: dict[str, Any] = {"email": email, "limit": 100}
+        while True:
+            page = self._call(
+                "customers.by_email",
+                lambda: self._client.v1.customers.list(params=params, options=NO_SDK_RETRIES),  # type: ignore[arg-type]  # noqa: B023
+            )
+            for customer in page.data:
+                yield _fields(customer)
+            if not page.has_more or not page.data:
+                return
+            params = {"email": email, "limit": 100, "starting_after": page.data[-1].id}
+
+    def customer_events(self, since: int) -> Iterator[tuple[list[dict[str, Any]], bool]] | None:
+        """The customer events created after ``since`` (Unix seconds), newest first, one page per
+        request as (events, whether more pages follow) so that a caller can stop within a budget;
+        each event is ``{"type", "created", "object"}``, the object being the customer's fields
+        then. None when events cannot be read: a restricted key without Events: read (403), or an
+        API without the endpoint (404, localstripe). The first page is read at once, to know."""
+        params: dict[str, Any] = {"types": list(CUSTOMER_EVENTS), "created": {"gt": since}, "limit": 100}
+
+        def read() -> Any:
+            try:
+                return self._client.v1.events.list(params=params, options=NO_SDK_RETRIES)  # type: ignore[arg-type]
+            except (stripe.PermissionError, stripe.InvalidRequestError):
+                return None  # 403: not allowed; 404: no such endpoint; 400: not these params here
+
+        first = self._call("events.list", read)
+        if first is None:
+            return None
+
+        def pages(page: Any) -> Iterator[tuple[list[dict[str, Any]], bool]]:
+            while True:
+                events = [
+                    {"type": e.type, "created": e.created, "object": _fields(e.data.object)}
+                    for e in page.data
+                ]
+                more = bool(page.has_more and page.data)
+                yield events, more
+                if not more:
+                    return
+                params["starting_after"] = page.data[-1].id
+                page = self._call("events.list", read)
+                if page is None:  # refused mid-way (a key edited meanwhile): the next run decides again
+                    raise RetryableSyncError(
+                        "events.list was refused while paging; the run stopped before writing"
+                    )
+
+        return pages(first)
 
     def account_id(self) -> str | None:
         """The Stripe account the key belongs to (``GET /v1/account``), or None when the key may

@@ -13,8 +13,10 @@ A run goes **decide → write → stage/checkpoint**:
       rejected (reported again, not resent) and for one that failed in ``give_up_after`` runs.
    b. The ledger knows its customer(s) but the payload changed → *update* the units that changed.
    c. Otherwise look the matching value up in an index of every Stripe customer (built once,
-      only when some record needs it, with ``limit=100`` pages) → create, update, or nothing to
-      do when Stripe already holds the payload.
+      only when some record needs it, with ``limit=100`` pages; or, matching by id or email, from
+      one lookup per such record when that is safe and costs fewer reads: ``Syncer._look_up``,
+      ``Syncer._email_index``) → create, update, or nothing to do when Stripe already holds the
+      payload.
 
 2. *Write*: the ``Syncer`` applies the decisions in order, counting their outcomes; writes run
    concurrently in a small thread pool.
@@ -36,8 +38,10 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
+from krenalis_airflow.core.destination import WholeListing
 from krenalis_airflow.core.fields import (
     holds,
     needs_current,
@@ -77,6 +81,15 @@ ID_LOOKUPS = 100
 # A listing keeps only the customers the run's misses need (memory follows the misses, not the
 # account); past this many misses it keeps every customer instead.
 WANTED_MAX = 200_000
+# Matching by email, a whole listing keeps the customers whose stored email is not in matching form
+# (``Syncer._email_index``); past this many it keeps none and email lookups wait for a listing
+# that finds fewer.
+ODD_EMAILS_MAX = 10_000
+# A listing's start is taken this much before the local clock, so that Stripe's clock, a little
+# behind, cannot date a write made during the listing before it (its event would be missed).
+CLOCK_MARGIN = timedelta(minutes=5)
+# Stripe keeps events 30 days; a listing older than this (a day's margin) cannot be followed by them.
+EVENTS_KEPT = timedelta(days=29)
 
 Index = Mapping[str, Sequence[dict[str, Any]]]  # normalised matching value → Stripe customers
 
@@ -97,6 +110,13 @@ class CustomerApi(Protocol):
 
     def find(self, customer_id: str) -> dict[str, Any] | None:
         """The customer's fields, or None if it does not exist."""
+
+    def with_email(self, email: str) -> Iterator[dict[str, Any]]:
+        """The customers whose stored email is exactly ``email`` (case-sensitive, as Stripe's filter)."""
+
+    def customer_events(self, since: int) -> Iterator[tuple[list[dict[str, Any]], bool]] | None:
+        """Pages of customer events after ``since`` (Unix seconds), newest first, each with whether
+        more follow; an event is ``{"type", "created", "object"}``. None when events cannot be read."""
 
     def create(self, params: dict[str, Any], idempotency_key: str) -> str:
         """Create a customer (idempotently) and return its id."""
@@ -147,6 +167,7 @@ class SyncOptions:
     give_up_after: int = 3  # runs in a row a profile may fail for transient reasons
     destination: str = ""  # the Stripe written to: ledger entries of another one are verified, not trusted
     account_size: int | None = None  # customers in the destination when last listed whole (None: unknown)
+    last_listing: WholeListing | None = None  # what that listing saw, for email lookups (None: unknown)
     reconcile: bool = False  # verify every synced customer against one listing of Stripe; repair drift
 
 
@@ -173,6 +194,7 @@ class SyncResult:
     overlaps: dict[tuple[str, str], Overlap] = field(default_factory=dict)  # by (other pipeline, unit)
     destination: str = ""  # the Stripe this run wrote to
     listed: int | None = None  # customers in the account, when this run listed it whole
+    whole_listing: WholeListing | None = None  # what that listing saw, to record for email lookups
     reconciled: str = ""  # why this run reconciled ("" when it did not)
     skipped: Counter[str] = field(default_factory=Counter)
     rejections: list[Rejection] = field(default_factory=list)
@@ -401,6 +423,12 @@ class Syncer:
             index, customers = self._build_index(None)
         elif options.stripe_field == "id" and 0 < len(wanted.matches) <= self._lookup_limit():
             index = self._look_up(wanted.matches)
+        elif (
+            options.stripe_field == "email"
+            and wanted.matches
+            and (found := self._email_index(wanted.matches)) is not None
+        ):
+            index = found
         elif wanted.matches:
             index, customers = self._build_index(wanted)
         decisions = (
@@ -490,8 +518,19 @@ class Syncer:
         index: dict[str, list[dict[str, Any]]] = defaultdict(list)
         by_id: dict[str, dict[str, Any]] = {}
         listed = 0
+        started = datetime.now(UTC) - CLOCK_MARGIN
+        odd: list[tuple[str, str]] | None = []
         for customer in self.api.list_all():
             listed += 1
+            email = customer.get("email")
+            if (
+                odd is not None
+                and isinstance(email, str)
+                and email != (canonical := normalise_match("email", email))
+            ):
+                odd.append((canonical, customer["id"]))
+                if len(odd) > ODD_EMAILS_MAX:
+                    odd = None
             value = (
                 customer.get("id")
                 if self.options.stripe_field == "id"
@@ -510,6 +549,7 @@ class Syncer:
             self.options.stripe_field,
         )
         self.result.listed = listed
+        self.result.whole_listing = WholeListing(started, None if odd is None else tuple(odd))
         return index, by_id
 
     def _look_up(self, ids: set[str]) -> dict[str, list[dict[str, Any]]]:
@@ -520,6 +560,92 @@ class Syncer:
                 index[customer_id] = [customer]
         log.info("Looked up %d Stripe customer ids, %d found", len(ids), len(index))
         return index
+
+    def _email_index(self, misses: set[str]) -> dict[str, list[dict[str, Any]]] | None:
+        """The index of the customers with these (normalised) emails, found without listing the
+        account, or None (list it) when that is unsafe or would cost more reads than the listing.
+
+        Stripe's ``email=`` filter is exact and case-sensitive: looking up the normalised email
+        finds every customer whose stored email is in that form, and misses ``Ann@X.com`` for
+        ``ann@x.com``. Those are known otherwise: the last whole listing kept the customers whose
+        email it saw in another form (``WholeListing``), and Stripe's customer events since it
+        began tell which were created or changed since; both are retrieved by id, as they are now.
+        The search API, case-insensitive, lags up to an hour behind writes: never used.
+        """
+        retrieve = self._email_lookups_refused(misses) or self._odd_since_listing(misses)
+        if isinstance(retrieve, str):
+            log.info("Matching by email: listing the account (%s)", retrieve)
+            return None
+        index: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        seen: set[str] = set()
+
+        def keep(customer: dict[str, Any]) -> None:
+            if customer["id"] not in seen and isinstance(email := customer.get("email"), str):
+                seen.add(customer["id"])
+                index[normalise_match("email", email)].append(customer)
+
+        for customer_id in sorted(retrieve):
+            if (customer := self.api.find(customer_id)) is not None:
+                keep(customer)
+        for email in sorted(misses):
+            for customer in self.api.with_email(email):
+                keep(customer)
+        log.info(
+            "Looked up %d Stripe emails (%d customers stored in another form retrieved), %d customers found",
+            len(misses),
+            len(retrieve),
+            len(seen),
+        )
+        return index
+
+    def _odd_since_listing(self, misses: set[str]) -> set[str] | str:
+        """The ids of the customers that may hold one of ``misses`` in another form: those the last
+        listing saw so, and those Stripe's events since it began show so (none deleted since).
+        Why to list instead (a str) when events cannot be read, or when reading them and then
+        looking up would cost no fewer reads than the listing (events are read lazily: this stops
+        as soon as that is known)."""
+        listing = self.options.last_listing
+        assert listing is not None and listing.odd_emails is not None  # see _email_lookups_refused
+        pages = -(-(self.options.account_size or 0) // 100)
+        odd = {customer for email, customer in listing.odd_emails if email in misses}
+        events = self.api.customer_events(int(listing.started.timestamp()))
+        if events is None:
+            return "Stripe's events cannot be read: the key lacks Events: read, or the API has none"
+        read, deleted = 0, set()
+        for page, more in events:
+            read += 1
+            for event in page:
+                customer = event["object"]
+                if event["type"] == "customer.deleted":
+                    deleted.add(customer["id"])
+                elif isinstance(email := customer.get("email"), str):
+                    canonical = normalise_match("email", email)
+                    if canonical in misses and email != canonical:
+                        odd.add(customer["id"])
+            if more and read + len(misses) + len(odd) >= pages:
+                return f"{read} pages of events since the last listing and more: dearer than {pages} pages"
+        if len(misses) + len(odd - deleted) >= pages:  # the events read are spent either way
+            return f"{len(misses)} lookups and {len(odd - deleted)} retrieves: no cheaper than {pages} pages"
+        log.info("Read %d pages of Stripe customer events since the last listing", read)
+        return odd - deleted
+
+    def _email_lookups_refused(self, misses: set[str]) -> str:
+        """Why this run may not look its misses up by email ("" when it may: see ``_email_index``)."""
+        options, listing = self.options, self.options.last_listing
+        if options.account_size is None or listing is None:
+            return "the account was never listed whole"
+        if datetime.now(UTC) - listing.started >= EVENTS_KEPT:
+            return (
+                f"the last whole listing, {listing.started:%Y-%m-%d}, is older than {EVENTS_KEPT.days} days: "
+                "Stripe keeps events 30"
+            )
+        if listing.odd_emails is None:
+            return f"more than {ODD_EMAILS_MAX} customers store their email in another case or with spaces"
+        pages = -(-options.account_size // 100)
+        odd = sum(email in misses for email, _ in listing.odd_emails)
+        if len(misses) + odd + 1 >= pages:
+            return f"{len(misses)} lookups cost no fewer reads than {pages} pages"
+        return ""
 
     def _count_settled(self, record: Record, decision: Unchanged | Skipped | Rejected | Remember) -> None:
         """Count the outcome of a decision that needs no request."""

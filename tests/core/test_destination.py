@@ -10,14 +10,21 @@ from typing import Any
 
 import pytest
 
-from krenalis_airflow.core.destination import Destinations, is_account, key_fingerprint, reconcile_due
+from krenalis_airflow.core.destination import (
+    Destinations,
+    WholeListing,
+    is_account,
+    key_fingerprint,
+    reconcile_due,
+)
 from tests.core.warehouses import state_store
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, str, str]]:
     """(connection, placeholder, table prefix)"""
-    with state_store(request.param, tmp_path, ("stripe_accounts", "reconciled", "stripe_sizes")) as found:
+    tables = ("stripe_accounts", "reconciled", "stripe_sizes", "stripe_listings", "stripe_odd_emails")
+    with state_store(request.param, tmp_path, tables) as found:
         yield found
 
 
@@ -108,3 +115,36 @@ def test_the_size_of_a_destination_is_remembered_for_the_next_run(store: tuple[A
     assert places.size("acct_A") == 1_000_042
     Destinations(conn, ph, prefix, writable=False).record_size("acct_A", 1)  # a dry run writes nothing
     assert places.size("acct_A") == 1_000_042 and places.size("acct_B") is None
+
+
+def test_each_whole_listing_replaces_the_odd_emails_it_saw(store: tuple[Any, str, str]) -> None:
+    conn, ph, prefix = store
+    places = Destinations(conn, ph, prefix)
+    assert places.last_listing("acct_A") is None
+    first = WholeListing(
+        datetime(2026, 11, 1, 8, tzinfo=UTC), (("ann@x.com", "cus_1"), ("bob@y.com", "cus_2"))
+    )
+    places.record_listing("acct_A", first)
+    places.record_listing("acct_B", WholeListing(first.started, (("carl@z.com", "cus_3"),)))
+    found = places.last_listing("acct_A")
+    assert found is not None and found.started == first.started
+    assert sorted(found.odd_emails or ()) == [("ann@x.com", "cus_1"), ("bob@y.com", "cus_2")]
+    later = WholeListing(
+        datetime(2026, 11, 2, 9, tzinfo=UTC), (("bob@y.com", "cus_2"), ("dan@w.com", "cus_4"))
+    )
+    places.record_listing("acct_A", later)  # what the new listing saw, nothing of the old one
+    found = places.last_listing("acct_A")
+    assert found is not None and found.started == later.started
+    assert sorted(found.odd_emails or ()) == [("bob@y.com", "cus_2"), ("dan@w.com", "cus_4")]
+    places.record_listing("acct_A", WholeListing(later.started, None))  # too many to keep
+    assert places.last_listing("acct_A") == WholeListing(later.started, None)
+    places.record_listing("acct_A", WholeListing(later.started, ()))  # then none at all
+    assert places.last_listing("acct_A") == WholeListing(later.started, ())
+    assert places.last_listing("acct_B") == WholeListing(first.started, (("carl@z.com", "cus_3"),))
+    Destinations(conn, ph, prefix, writable=False).record_listing("acct_B", later)  # a dry run writes nothing
+    assert places.last_listing("acct_B") == WholeListing(first.started, (("carl@z.com", "cus_3"),))
+
+
+def test_a_dry_run_before_any_listing_reads_none(store: tuple[Any, str, str]) -> None:
+    conn, ph, prefix = store
+    assert Destinations(conn, ph, prefix, writable=False).last_listing("acct_A") is None  # no tables yet

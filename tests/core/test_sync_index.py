@@ -1,38 +1,55 @@
-"""What a listing of Stripe keeps in memory: the customers the run's misses need, not the account.
+"""What a listing of Stripe keeps in memory: the customers the run's misses need, not the account;
+and when lookups (by id, by email) replace the listing.
 
 The customer API here is a double (an account of thousands of customers that localstripe would
-take minutes to hold); the requests it would answer are Stripe's list pages, counted."""
+take minutes to hold); the requests it would answer are Stripe's list pages, retrieves, ``email=``
+lookups (exact and case-sensitive, as Stripe's) and event pages (``created[gt]``), counted."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
-from collections import Counter
+import time
+from collections import Counter, defaultdict
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
+import stripe
 
 from krenalis_airflow.core.ledger import Ledger
 from krenalis_airflow.core.records import Record
-from krenalis_airflow.core.sync import Syncer, SyncOptions
+from krenalis_airflow.core.stripe_api import StripeCustomers
+from krenalis_airflow.core.sync import ODD_EMAILS_MAX, Syncer, SyncOptions
 
 
 class Account:
-    """``size`` customers ``u<i>@example.com``, listed 100 a page; writes are recorded."""
+    """``size`` customers ``U<i>@Example.com`` (``u<i>@example.com`` when ``canonical``), created a
+    day ago, listed 100 a page; writes are recorded, and each write (the run's or ``edit``'s) is an
+    event, as in Stripe."""
 
-    def __init__(self, size: int) -> None:
-        self.customers = [
-            {"id": f"cus_{i}", "email": f"U{i}@Example.com", "name": f"U {i}"} for i in range(size)
-        ]
+    def __init__(self, size: int, *, canonical: bool = False) -> None:
+        address = "u{}@example.com" if canonical else "U{}@Example.com"
+        self.customers = {
+            f"cus_{i}": {"id": f"cus_{i}", "email": address.format(i), "name": f"U {i}"} for i in range(size)
+        }
         self.calls: Counter[str] = Counter()
         self.created: list[dict[str, Any]] = []
+        self.events_readable = True
+        self._by_email: dict[str | None, list[dict[str, Any]]] | None = None  # rebuilt after a write
+        day_ago = int(time.time()) - 86_400
+        self.events = [(day_ago, "customer.created", dict(c)) for c in self.customers.values()]
 
     def list_all(self) -> Iterator[dict[str, Any]]:
-        for start in range(0, len(self.customers), 100):
+        listed = list(self.customers.values())
+        for start in range(0, len(listed), 100):
             self.calls["customers.list"] += 1
-            yield from (dict(c) for c in self.customers[start : start + 100])
+            yield from (dict(c) for c in listed[start : start + 100])
 
     def account_id(self) -> str | None:
         return "acct_big"
@@ -42,17 +59,54 @@ class Account:
 
     def find(self, customer_id: str) -> dict[str, Any] | None:
         self.calls["customers.retrieve"] += 1
-        number = int(customer_id.removeprefix("cus_")) if customer_id.removeprefix("cus_").isdigit() else -1
-        return dict(self.customers[number]) if 0 <= number < len(self.customers) else None
+        found = self.customers.get(customer_id)
+        return None if found is None else dict(found)
+
+    def with_email(self, email: str) -> Iterator[dict[str, Any]]:
+        self.calls["customers.by_email"] += 1  # Stripe's filter: exact, case-sensitive
+        if self._by_email is None:
+            self._by_email = defaultdict(list)
+            for customer in self.customers.values():
+                self._by_email[customer.get("email")].append(customer)
+        return iter([dict(c) for c in self._by_email.get(email, ())])
+
+    def customer_events(self, since: int) -> Iterator[tuple[list[dict[str, Any]], bool]] | None:
+        if not self.events_readable:
+            self.calls["events.list"] += 1  # answered 403 (or 404 by localstripe)
+            return None
+        newest_first = [
+            {"type": kind, "created": when, "object": dict(snapshot)}
+            for when, kind, snapshot in reversed(self.events)
+            if when > since
+        ]
+
+        def pages() -> Iterator[tuple[list[dict[str, Any]], bool]]:
+            for start in range(0, max(len(newest_first), 1), 100):
+                self.calls["events.list"] += 1
+                yield newest_first[start : start + 100], start + 100 < len(newest_first)
+
+        return pages()
 
     def create(self, params: dict[str, Any], idempotency_key: str) -> str:
         self.calls["customers.create"] += 1
         self.created.append(params)
-        return f"cus_new_{len(self.created)}"
+        customer_id = f"cus_new_{len(self.created)}"
+        self.edit(customer_id, {"id": customer_id, **params}, "customer.created")
+        return customer_id
 
     def update(self, customer_id: str, params: dict[str, Any]) -> str:
         self.calls["customers.update"] += 1
+        self.edit(customer_id, params)
         return customer_id
+
+    def edit(self, customer_id: str, fields: dict[str, Any], kind: str = "customer.updated") -> None:
+        """A write (by anyone), with its event; ``customer.deleted`` removes the customer."""
+        self._by_email = None
+        customer = self.customers.setdefault(customer_id, {"id": customer_id})
+        customer.update(fields)
+        if kind == "customer.deleted":
+            del self.customers[customer_id]
+        self.events.append((int(time.time()), kind, dict(customer)))
 
     def delete(self, customer_id: str) -> None:
         raise AssertionError("not expected")
@@ -130,3 +184,201 @@ def test_matching_by_id_looks_up_or_lists_whichever_costs_fewer_reads(
     assert result.updated == 300
     assert {k: v for k, v in account.calls.items() if k != "customers.update"} == calls
     assert result.listed == (None if "customers.retrieve" in calls else len(account.customers))
+
+
+# -- matching by email: exact lookups, made safe by the last listing and the events since --------
+
+
+def listed_once(account: Account, ledger: Ledger) -> SyncOptions:
+    """The options of a run after one that listed ``account`` whole (what ``run.sync_records``
+    reads back from the state store), the account's counters reset."""
+    options = SyncOptions(
+        pipeline_id="big", mode="create_and_update", stripe_field="email", destination="acct_big"
+    )
+    first_one = record(f"first{len(account.created)}@example.com", "First")  # a miss: the run lists
+    first = Syncer(account, ledger, options).run(lambda: iter([first_one]))
+    assert first.listed is not None and first.whole_listing is not None
+    account.calls.clear()
+    return replace(options, account_size=first.listed, last_listing=first.whole_listing)
+
+
+def reads(account: Account) -> dict[str, int]:
+    return {k: v for k, v in account.calls.items() if k not in ("customers.create", "customers.update")}
+
+
+def test_new_emails_in_a_big_account_are_looked_up_not_listed(ledger: Ledger) -> None:
+    account = Account(50_000, canonical=True)
+    options = listed_once(account, ledger)
+    assert options.last_listing is not None and options.last_listing.odd_emails == ()
+    records = [record(f"new{n}@example.com", "New") for n in range(300)]
+    result = Syncer(account, ledger, options).run(lambda: iter(records))
+    assert result.created == 300 and result.listed is None and result.whole_listing is None
+    # 300 lookups and the one page of events since the listing (the first run's create) beat 500 pages.
+    assert reads(account) == {"customers.by_email": 300, "events.list": 1}
+
+
+def test_emails_stored_in_another_form_are_found_not_created_again(ledger: Ledger) -> None:
+    account = Account(50_000, canonical=True)
+    account.edit("cus_ann", {"email": "Ann@X.com", "name": "Ann"}, "customer.created")  # before the listing
+    account.edit("cus_dan", {"email": "Dan@W.com", "name": "Dan"}, "customer.created")
+    account.edit("cus_eve", {"email": " eve@v.com ", "name": "Eve"}, "customer.created")
+    account.events = [(when - 86_400, kind, c) for when, kind, c in account.events]  # a day ago
+    options = listed_once(account, ledger)
+    assert options.last_listing is not None
+    assert sorted(options.last_listing.odd_emails or ()) == [
+        ("ann@x.com", "cus_ann"),
+        ("dan@w.com", "cus_dan"),
+        ("eve@v.com", "cus_eve"),
+    ]
+    account.edit("cus_7", {"email": "Bob@Y.com"})  # after the listing: only its events tell
+    account.edit("cus_carl", {"email": "Carl@Z.com", "name": "Carl"}, "customer.created")
+    account.edit("cus_dan", {}, "customer.deleted")
+    account.edit("cus_8", {"email": "Frank@U.com"})  # not a profile of this run: never retrieved
+    assert list(account.with_email("ann@x.com")) == []  # the double is as exact as Stripe
+    account.calls.clear()
+    records = [
+        record("ann@x.com", "Ann 2"),
+        record("BOB@y.com", "Bob"),
+        record("carl@z.com", "Carl 2"),
+        record("dan@w.com", "Dan 2"),
+        record("eve@v.com", "Eve 2"),
+        record("gus@t.com", "Gus"),
+    ]
+    result = Syncer(account, ledger, options).run(lambda: iter(records))
+    assert (result.created, result.updated) == (2, 4)
+    assert sorted(p["email"] for p in account.created[1:]) == ["dan@w.com", "gus@t.com"]  # Dan was deleted
+    assert reads(account) == {"customers.by_email": 6, "events.list": 1, "customers.retrieve": 4}
+    assert account.customers["cus_7"]["name"] == "Bob" and account.customers["cus_eve"]["name"] == "Eve 2"
+
+
+def test_several_customers_with_one_email_are_all_found(ledger: Ledger) -> None:
+    account = Account(20_000, canonical=True)
+    options = listed_once(account, ledger)
+    account.edit("cus_twin", {"email": "U7@example.com"}, "customer.created")  # cus_7 is u7@example.com
+    result = Syncer(account, ledger, options).run(lambda: iter([record("u7@example.com", "Seven")]))
+    assert [r.kind for r in result.rejections] == ["several Stripe customers"]
+    assert "cus_7" in result.rejections[0].reason and "cus_twin" in result.rejections[0].reason
+    assert reads(account) == {"customers.by_email": 1, "events.list": 1, "customers.retrieve": 1}
+
+
+@pytest.mark.parametrize(
+    ("case", "why"),
+    [
+        ("too many odd emails", f"more than {ODD_EMAILS_MAX} customers store their email"),
+        ("events unreadable", "Stripe's events cannot be read"),
+        ("listed 31 days ago", "is older than 29 days: Stripe keeps events 30"),
+        ("size unknown", "the account was never listed whole"),
+        ("more misses than pages", "300 lookups cost no fewer reads than 200 pages"),
+    ],
+)
+def test_email_lookups_give_way_to_the_listing_when_unsafe_or_dearer(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture, case: str, why: str
+) -> None:
+    account = Account(
+        50_000 if case != "more misses than pages" else 20_000, canonical=case != "too many odd emails"
+    )
+    options = listed_once(account, ledger)
+    if case == "too many odd emails":
+        assert options.last_listing is not None and options.last_listing.odd_emails is None
+    account.events_readable = case != "events unreadable"
+    if case == "listed 31 days ago":
+        assert options.last_listing is not None
+        old = options.last_listing.started - timedelta(days=31)
+        options = replace(options, last_listing=replace(options.last_listing, started=old))
+    if case == "size unknown":
+        options = replace(options, account_size=None)
+    records = [record(f"u{n}@example.com", "Renamed") for n in range(300)]
+    with caplog.at_level(logging.INFO, logger="krenalis_airflow.core.sync"):
+        result = Syncer(account, ledger, options).run(lambda: iter(records))
+    assert "Matching by email: listing the account (" in caplog.text and why in caplog.text
+    assert (result.created, result.updated) == (0, 300)
+    assert result.listed == len(account.customers) and "customers.by_email" not in account.calls
+    assert account.calls["events.list"] == (case == "events unreadable")
+
+
+def test_reading_events_stops_once_lookups_would_cost_more_than_the_listing(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    account = Account(50_000, canonical=True)
+    options = listed_once(account, ledger)
+    for n in range(25_000):  # 250 pages of events since the listing
+        account.edit(f"cus_{n}", {"name": f"Edited {n}"})
+    records = [record(f"new{n}@example.com", "New") for n in range(300)]
+    with caplog.at_level(logging.INFO, logger="krenalis_airflow.core.sync"):
+        result = Syncer(account, ledger, options).run(lambda: iter(records))
+    assert "200 pages of events since the last listing and more: dearer than 500 pages" in caplog.text
+    assert result.created == 300
+    assert reads(account) == {"events.list": 200, "customers.list": 501}  # the account, and the first run's
+    assert result.whole_listing is not None and result.whole_listing.started > options.last_listing.started  # type: ignore[union-attr]
+
+
+def test_a_listing_records_when_it_began_and_the_odd_emails_it_saw(ledger: Ledger) -> None:
+    account = Account(ODD_EMAILS_MAX, canonical=False)  # every email in upper case: just within the cap
+    before = datetime.now(UTC)
+    options = listed_once(account, ledger)
+    listing = options.last_listing
+    assert (
+        listing is not None and listing.odd_emails is not None and len(listing.odd_emails) == ODD_EMAILS_MAX
+    )
+    assert ("u7@example.com", "cus_7") in listing.odd_emails
+    assert before - timedelta(minutes=6) < listing.started < before  # a margin for Stripe's clock
+    account.edit("cus_one_more", {"email": "X@Y.com"})
+    again = listed_once(account, ledger).last_listing
+    assert again is not None and again.odd_emails is None  # too many: email lookups wait for fewer
+
+
+class EventsServer(stripe.HTTPClient):
+    """Answers ``GET /v1/events`` with ``pages`` in turn (or ``status`` with an error), noting each URL."""
+
+    name = "events-double"
+
+    def __init__(self, pages: list[dict[str, Any]], status: int = 200) -> None:
+        super().__init__()
+        self.pages, self.status = pages, status
+        self.urls: list[str] = []
+
+    def request(
+        self, method: str, url: str, headers: Any, post_data: Any = None, *, _usage: Any = None
+    ) -> tuple[str, int, Any]:
+        self.urls.append(unquote(url))
+        if self.status != 200:
+            return json.dumps({"error": {"type": "invalid_request_error", "message": "no"}}), self.status, {}
+        return json.dumps(self.pages[len(self.urls) - 1]), 200, {}
+
+    def close(self) -> None:
+        pass
+
+
+def event(number: int, kind: str, email: str) -> dict[str, Any]:
+    customer = {"id": f"cus_{number}", "object": "customer", "email": email, "metadata": {}}
+    return {
+        "id": f"evt_{number}",
+        "object": "event",
+        "type": kind,
+        "created": number,
+        "data": {"object": customer},
+    }
+
+
+def test_stripe_customer_events_are_read_a_page_at_a_time_or_not_at_all() -> None:
+    server = EventsServer(
+        [
+            {"object": "list", "data": [event(3, "customer.updated", "Bob@Y.com")], "has_more": True},
+            {"object": "list", "data": [event(2, "customer.deleted", "x@y.com")], "has_more": False},
+        ]
+    )
+    pages = StripeCustomers(stripe.StripeClient("sk_test_x", http_client=server)).customer_events(1_000)
+    assert pages is not None and len(server.urls) == 1  # the first page is read at once
+    found = list(pages)
+    assert [
+        (e["type"], e["object"]["id"], e["object"]["email"], more) for page, more in found for e in page
+    ] == [
+        ("customer.updated", "cus_3", "Bob@Y.com", True),
+        ("customer.deleted", "cus_2", "x@y.com", False),
+    ]
+    asked = "types[0]=customer.created&types[1]=customer.updated&types[2]=customer.deleted&created[gt]=1000"
+    assert asked in server.urls[0] and "limit=100" in server.urls[0]
+    assert server.urls[1].endswith("&starting_after=evt_3")
+    for status in (403, 404):  # a key without Events: read; an API without events (localstripe)
+        refused = StripeCustomers(stripe.StripeClient("sk_test_x", http_client=EventsServer([], status)))
+        assert refused.customer_events(1_000) is None and refused.calls == {"events.list": 1}
