@@ -195,6 +195,14 @@ class StubApi:
     def account_id(self) -> str | None:
         return None
 
+    def with_email(self, email: str) -> Iterator[dict[str, Any]]:
+        self._call("customers.by_email")
+        return iter(())
+
+    def customer_events(self, since: int) -> Iterator[tuple[list[dict[str, Any]], bool]] | None:
+        self._call("events.list")
+        return None
+
     def delete(self, customer_id: str) -> None:
         self._call("customers.delete")
 
