@@ -101,6 +101,12 @@ class Destinations:
                 )
         return known or fingerprint
 
+    def known(self, fingerprint: str) -> str | None:
+        """The destination ``resolve`` would return, without reading Stripe: None when this key
+        was never resolved (the extract step, which holds no Stripe client, then reads everything)."""
+        known = self._one(f"SELECT account FROM {self.accounts} WHERE fingerprint = {self._ph}", fingerprint)
+        return None if known is None else known or fingerprint
+
     def reconciled_at(self, pipeline_id: str, destination: str) -> datetime | None:
         """When ``pipeline_id`` last reconciled with ``destination`` (None: never)."""
         found = self._one(

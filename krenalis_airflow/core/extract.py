@@ -55,6 +55,7 @@ from krenalis_airflow.core.filters import (
     sql_dialect,
     unknown_column_message,
 )
+from krenalis_airflow.core.inputs import Incremental, changed_sql, digests_sql, leavers_sql
 from krenalis_airflow.core.spec import Source
 from krenalis_airflow.exceptions import SpecError, SpecProblem
 
@@ -96,6 +97,8 @@ class Extraction:
     columns: list[str]  # the source's columns, in order
     kinds: dict[str, Kind]  # what the filter knows of the types of the columns it reads
     where: str  # the filter alone ("" without one), e.g. for a preview
+    body: str = ""  # ``sql`` without its ORDER BY, to wrap (``core/inputs.py``)
+    dialect: str = ""  # the SQLAlchemy dialect name it was compiled for
 
     def display(self) -> str:
         """The query and its parameters as a person reads them (never executed like this)."""
@@ -154,8 +157,11 @@ def prepare_extraction(
     kinds = {column: kind for column, kind in probed.kinds.items() if column in read}
     where, params = compile_filter(group, columns, placeholder, source=source_name, dialect=name, kinds=kinds)
     projection = list(dict.fromkeys(column for _, column in select))
-    sql = _select(source, where, order, placeholder, name, projection)
-    return Extraction(sql, params, count_sql(source, quoting), projection or columns, kinds, where)
+    body = _select(source, where, placeholder, name, projection)
+    sql = f"{body} ORDER BY {_order_by(source.key, order, quoting)}"
+    return Extraction(
+        sql, params, count_sql(source, quoting), projection or columns, kinds, where, body, name
+    )
 
 
 def _probe_checked(
@@ -299,7 +305,6 @@ def columns_of(cursor: Any) -> list[str]:
 def _select(
     source: Source,
     where: str,
-    order: tuple[str, bool] | None,
     placeholder: str,
     dialect: str,
     projection: Sequence[str] = (),
@@ -312,7 +317,7 @@ def _select(
     sql = f"SELECT {selected} FROM {origin}"
     if where:
         sql += f" WHERE {where}"
-    return f"{sql} ORDER BY {_order_by(source.key, order, quoting)}"
+    return sql
 
 
 def iter_rows(
@@ -391,13 +396,50 @@ def source_problems(
     return problems
 
 
-def _order_by(key: str, order: tuple[str, bool] | None, dialect: Dialect) -> str:
-    quoted_key = quote_identifier(key, dialect)
+def _order_by(key: str, order: tuple[str, bool] | None, dialect: Dialect, qualifier: str = "") -> str:
+    quoted_key = qualifier + quote_identifier(key, dialect)
     if order is None:
         return quoted_key
     column, descending = order
-    quoted = quote_identifier(column, dialect)
+    quoted = qualifier + quote_identifier(column, dialect)
     terms = [f"({quoted} IS NULL)", quoted + (" DESC" if descending else "")]
     if column != key:
         terms.append(quoted_key)
     return ", ".join(terms)
+
+
+def with_digests(
+    extraction: Extraction,
+    source: Source,
+    order: tuple[str, bool] | None,
+    inputs: Incremental,
+    placeholder: str,
+) -> tuple[str, list[Any]]:
+    """The extraction joined with the ledger (``inputs.digests_sql``) and its parameters."""
+    quoting = sql_dialect(extraction.dialect, placeholder)
+    columns = [f"f.{quote_identifier(column, quoting)}" for column in extraction.columns]
+    key = f"f.{quote_identifier(source.key, quoting)}"
+    order_sql = _order_by(source.key, order, quoting, qualifier="f.")
+    sql = digests_sql(extraction.body, columns, key, order_sql, extraction.dialect, inputs, placeholder)
+    return sql, [*extraction.params, inputs.pipeline_id]
+
+
+def changed_keys_sql(
+    extraction: Extraction, source: Source, inputs: Incremental, placeholder: str, limit: int
+) -> tuple[str, list[Any]]:
+    """The query of the keys that may have changed (``inputs.changed_sql``) and its parameters."""
+    quoting = sql_dialect(extraction.dialect, placeholder)
+    columns = [f"f.{quote_identifier(column, quoting)}" for column in extraction.columns]
+    key = f"f.{quote_identifier(source.key, quoting)}"
+    sql = changed_sql(extraction.body, columns, key, extraction.dialect, inputs, placeholder, limit)
+    return sql, [*extraction.params, inputs.pipeline_id, inputs.destination]
+
+
+def leaving_sql(
+    extraction: Extraction, source: Source, inputs: Incremental, placeholder: str
+) -> tuple[str, list[Any]]:
+    """The query of the keys that left the audience (``inputs.leavers_sql``) and its parameters."""
+    quoting = sql_dialect(extraction.dialect, placeholder)
+    key = f"f.{quote_identifier(source.key, quoting)}"
+    sql = leavers_sql(extraction.body, key, extraction.dialect, inputs, placeholder)
+    return sql, [inputs.pipeline_id, inputs.destination, *extraction.params]

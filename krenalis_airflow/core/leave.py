@@ -88,6 +88,12 @@ class LeaveLedger(Protocol):
     def entries_of(self, destination: str) -> Iterator[tuple[str, LedgerEntry]]:
         """``(key, entry)`` of each profile of the pipeline with customers in ``destination``, not left."""
 
+    def entries(self, keys: Sequence[str]) -> dict[str, LedgerEntry]:
+        """The entries of ``keys`` (those that have one)."""
+
+    def count_of(self, destination: str) -> int:
+        """How many entries ``entries_of(destination)`` streams."""
+
     def holders(self, destination: str, customer_ids: Sequence[str]) -> list[tuple[str, str, LedgerEntry]]:
         """``(pipeline, key, entry)`` of the entries (any pipeline) holding one of ``customer_ids``."""
 
@@ -177,6 +183,21 @@ def find_leavers(ledger: LeaveLedger, audience: set[int], options: LeaveOptions)
         if key_digest(key) not in audience:
             entries.append((key, entry))
     return Leavers(entries, in_ledger, len(audience))
+
+
+def listed_leavers(ledger: LeaveLedger, keys: Sequence[str], options: LeaveOptions, audience: int) -> Leavers:
+    """The leavers of ``keys``, found by the extract step in the warehouse (``core/inputs.py``),
+    with their entries (those still synced to ``options.destination``). No Stripe call."""
+    entries = ledger.entries(keys)
+    left = [
+        (key, entry)
+        for key in keys
+        if (entry := entries.get(key)) is not None
+        and entry.destination == options.destination
+        and entry.status != "left"
+        and entry.customer_ids
+    ]
+    return Leavers(left, ledger.count_of(options.destination), audience)
 
 
 def check_leave_limit(leavers: Leavers, options: LeaveOptions) -> None:

@@ -41,6 +41,9 @@ class LedgerEntry:
     error: str = ""
     destination: str = ""  # the Stripe it was synced to ("" in rows older than the column)
     origin: str = ""  # "created" when this pipeline created the customer, "matched" when it found it
+    # The digest of the input row this entry's payload came from (core/inputs.py), written with it;
+    # None (not known, or not read back from the ledger) clears it: the next run reads the profile.
+    input: int | None = None
 
     def fields(self) -> dict[str, str]:
         """The per-field hashes of the last write, by field (empty for an old row)."""
@@ -65,11 +68,15 @@ COLUMNS = (
     "error",
     "destination",
     "origin",
+    "input_digest",
     "synced_at",
 )
+ROWS_PER_INSERT = 999 // len(COLUMNS)  # parameters per statement stay within SQLite's oldest limit
+ENTRY = COLUMNS[1 : COLUMNS.index("input_digest")]  # what a LedgerEntry is read from, with the key
 ADDED_COLUMNS = {  # columns added after the first release: ensure_table adds them to older tables
     "destination": "VARCHAR(64) NOT NULL DEFAULT ''",
     "origin": "VARCHAR(10) NOT NULL DEFAULT ''",
+    "input_digest": "BIGINT",  # core/inputs.py: of the input row whose payload was last synced
 }
 
 
@@ -119,6 +126,7 @@ class Ledger:
             " error TEXT NOT NULL,"
             f" destination {ADDED_COLUMNS['destination']},"
             f" origin {ADDED_COLUMNS['origin']},"
+            f" input_digest {ADDED_COLUMNS['input_digest']},"
             " synced_at VARCHAR(40) NOT NULL,"
             " PRIMARY KEY (pipeline_id, profile_key))"
         )
@@ -128,6 +136,7 @@ class Ledger:
         for name, columns in (
             ("pipelines", "destination, pipeline_id"),
             ("customers", "destination, customer_ids"),
+            ("matches", "pipeline_id, match_value"),  # for core/inputs.py: a changed profile's duplicates
         ):
             self._execute(f"CREATE INDEX IF NOT EXISTS {self.table}_{name} ON {self.table} ({columns})")
         self._conn.commit()
@@ -178,22 +187,19 @@ class Ledger:
     def entries(self, keys: Sequence[str]) -> dict[str, LedgerEntry]:
         """The full entries of ``keys`` (those that have one), 500 keys per query."""
         sql = (
-            f"SELECT {', '.join(COLUMNS[1:-1])} FROM {self.table}"
+            f"SELECT {', '.join(ENTRY)} FROM {self.table}"
             f" WHERE pipeline_id = {self._ph} AND profile_key IN ({{marks}})"
         )
         return {key: _entry(row) for key, *row in self._select_in(sql, (self._pipeline,), keys)}
 
     def record(self, entries: Mapping[str, LedgerEntry] | Iterable[tuple[str, LedgerEntry]]) -> int:
         """Upsert entries and commit. A ``synced`` entry must be one Stripe has confirmed."""
-        items = list(entries.items() if isinstance(entries, Mapping) else entries)
+        items = list(dict(entries).items())  # one row per key: a statement may not touch a row twice
         if not items:
             return 0
         now = datetime.now(UTC).isoformat(timespec="seconds")
         updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[2:])
-        sql = (
-            f"INSERT INTO {self.table} ({', '.join(COLUMNS)}) VALUES ({', '.join([self._ph] * len(COLUMNS))})"
-            f" ON CONFLICT (pipeline_id, profile_key) DO UPDATE SET {updates}"
-        )
+        row_marks = f"({', '.join([self._ph] * len(COLUMNS))})"
         rows = [
             (
                 self._pipeline,
@@ -207,17 +213,64 @@ class Ledger:
                 e.error[:2000],
                 e.destination,
                 e.origin,
+                e.input,
                 now,
             )
             for key, e in items
         ]
         cursor = self._conn.cursor()
         try:
-            cursor.executemany(sql, rows)
+            # Many rows per statement: one round trip each (executemany is one per row on psycopg2).
+            for start in range(0, len(rows), ROWS_PER_INSERT):
+                chunk = rows[start : start + ROWS_PER_INSERT]
+                cursor.execute(
+                    f"INSERT INTO {self.table} ({', '.join(COLUMNS)}) VALUES {', '.join([row_marks] * len(chunk))}"
+                    f" ON CONFLICT (pipeline_id, profile_key) DO UPDATE SET {updates}",
+                    [value for row in chunk for value in row],
+                )
         finally:
             cursor.close()
         self._conn.commit()
         return len(rows)
+
+    def record_inputs(self, inputs: Sequence[tuple[str, int]]) -> int:
+        """Record the input digests of profiles found unchanged (``core/inputs.py``) and commit:
+        one ``UPDATE … FROM (VALUES …)`` per 500 profiles (SQLite ≥ 3.33, PostgreSQL)."""
+        cursor = self._conn.cursor()
+        try:
+            for start in range(0, len(inputs), 500):
+                chunk = inputs[start : start + 500]
+                values = ", ".join([f"({self._ph}, {self._ph})"] * len(chunk))
+                cursor.execute(
+                    f"UPDATE {self.table} SET input_digest = v.column2 FROM (VALUES {values}) AS v"
+                    f" WHERE {self.table}.pipeline_id = {self._ph} AND {self.table}.profile_key = v.column1",
+                    (*(item for pair in chunk for item in pair), self._pipeline),
+                )
+        finally:
+            cursor.close()
+        self._conn.commit()
+        return len(inputs)
+
+    def keys_matching(self, matches: Sequence[str]) -> list[tuple[str, str]]:
+        """``(key, matching value)`` of this pipeline's entries holding one of ``matches``."""
+        sql = (
+            f"SELECT profile_key, match_value FROM {self.table}"
+            f" WHERE pipeline_id = {self._ph} AND match_value IN ({{marks}})"
+        )
+        return [(key, match) for key, match in self._select_in(sql, (self._pipeline,), matches)]
+
+    def count_of(self, destination: str) -> int:
+        """How many entries ``entries_of(destination)`` would stream."""
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(
+                f"SELECT COUNT(*) FROM {self.table} WHERE pipeline_id = {self._ph} AND destination = {self._ph}"
+                " AND status <> 'left' AND customer_ids <> ''",
+                (self._pipeline, destination),
+            )
+            return int(cursor.fetchone()[0])
+        finally:
+            cursor.close()
 
     def overlaps(self, destination: str) -> Iterator[tuple[str, str, frozenset[str]]]:
         """``(other pipeline, customer id, units both write)`` for each customer of ``destination``
@@ -281,7 +334,7 @@ class Ledger:
         cursor = self._conn.cursor()
         try:
             cursor.execute(
-                f"SELECT {', '.join(COLUMNS[1:-1])} FROM {self.table}"
+                f"SELECT {', '.join(ENTRY)} FROM {self.table}"
                 f" WHERE pipeline_id = {self._ph} AND destination = {self._ph}"
                 " AND status <> 'left' AND customer_ids <> ''",
                 (self._pipeline, destination),
@@ -297,7 +350,7 @@ class Ledger:
         left and holds one of ``customer_ids`` (as its only customer) in ``destination``; 500 ids
         a query, through the ``(destination, customer_ids)`` index."""
         sql = (
-            f"SELECT {', '.join(COLUMNS[:-1])} FROM {self.table}"
+            f"SELECT pipeline_id, {', '.join(ENTRY)} FROM {self.table}"
             f" WHERE destination = {self._ph} AND customer_ids IN ({{marks}}) AND status <> 'left'"
         )
         rows = self._select_in(sql, (destination,), customer_ids)
@@ -318,7 +371,7 @@ class Ledger:
 
 
 def _entry(row: Sequence[Any]) -> LedgerEntry:
-    """A ledger row's columns ``COLUMNS[2:-1]`` (from ``match_value`` on) as its entry."""
+    """A ledger row's columns ``ENTRY[1:]`` (from ``match_value`` to ``origin``) as its entry."""
     match, ids, *rest = row
     return LedgerEntry(match, tuple(ids.split(",")) if ids else (), *rest)
 
@@ -373,6 +426,10 @@ class EmptyLedger:
         """Refuse: a dry run must never write the ledger."""
         raise AssertionError("a dry run records nothing")
 
+    def record_inputs(self, inputs: Sequence[tuple[str, int]]) -> int:
+        """Refuse: a dry run must never write the ledger."""
+        raise AssertionError("a dry run records nothing")
+
     def overlaps(self, destination: str) -> Iterator[tuple[str, str, frozenset[str]]]:
         """No entries, so nothing shared with other pipelines."""
         return iter(())
@@ -380,6 +437,10 @@ class EmptyLedger:
     def entries_of(self, destination: str, *, batch: int = 10_000) -> Iterator[tuple[str, LedgerEntry]]:
         """No profile can leave a pipeline that never ran."""
         return iter(())
+
+    def count_of(self, destination: str) -> int:
+        """No entries."""
+        return 0
 
     def holders(self, destination: str, customer_ids: Sequence[str]) -> list[tuple[str, str, LedgerEntry]]:
         """No entry holds any customer."""

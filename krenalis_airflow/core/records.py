@@ -21,17 +21,22 @@ from typing import IO, Any, TypeVar
 import msgspec
 
 
-class Record(msgspec.Struct, frozen=True):
+class Record(msgspec.Struct, frozen=True, omit_defaults=True):
     """A transformed profile, ready to be upserted.
 
     ``match`` is the normalised matching value (what is compared); ``match_value`` is what is
-    written to the matched Stripe field when a customer is created.
+    written to the matched Stripe field when a customer is created. ``input``: the digest of the
+    profile's input row (``core/inputs.py``; None when the extract step computed none), written to
+    the ledger with the entry, or alone for an unchanged record unless ``input_recorded`` (the
+    ledger holds it already).
     """
 
     key: str
     match: str
     match_value: str
     payload: dict[str, Any] = {}
+    input: int | None = None
+    input_recorded: bool = False
 
 
 class Rejection(msgspec.Struct, frozen=True):

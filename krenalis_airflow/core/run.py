@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import json
 import logging
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -25,18 +26,43 @@ from typing import IO, Any
 from krenalis_airflow.core.columns import check_source, mapping_problems, spec_error
 from krenalis_airflow.core.dedupe import dedupe_file
 from krenalis_airflow.core.destination import Destinations, reconcile_due
-from krenalis_airflow.core.extract import iter_rows, prepare_extraction
+from krenalis_airflow.core.extract import (
+    Extraction,
+    changed_keys_sql,
+    iter_rows,
+    leaving_sql,
+    prepare_extraction,
+    with_digests,
+)
+from krenalis_airflow.core.filters import dialect_name
 from krenalis_airflow.core.history import History
+from krenalis_airflow.core.inputs import (
+    CHANGED,
+    DIALECTS,
+    INPUT,
+    KEY,
+    RECORDED,
+    SEEN,
+    Incremental,
+    around_changed_sql,
+    changed_table_sql,
+    register,
+    spec_seed,
+)
 from krenalis_airflow.core.leave import (
+    LeaveLedger,
     LeaveOptions,
     LeaveResult,
+    Leavers,
     Leaving,
     check_leave_limit,
     find_leavers,
+    listed_leavers,
     read_audience,
 )
 from krenalis_airflow.core.leave import report_rows as leave_rows
 from krenalis_airflow.core.ledger import EmptyLedger, Ledger
+from krenalis_airflow.core.matching import normalise_match
 from krenalis_airflow.core.records import (
     LeftOut,
     Record,
@@ -51,11 +77,16 @@ from krenalis_airflow.core.sync import CustomerApi, Syncer, SyncOptions, SyncRes
 from krenalis_airflow.core.transform.base import Transformer
 from krenalis_airflow.core.transform.build import build_transformer
 from krenalis_airflow.core.transform.run import TransformSettings, transform_file
+from krenalis_airflow.core.transform.validate import stripe_text
 from krenalis_airflow.exceptions import RetryableSyncError, RunFailed
 
 OpenFile = Callable[[str, str], AbstractContextManager[IO[str]]]  # (name, mode "r" | "w") → stream
 LOGGED_REJECTIONS = 100
 NAMED_CURSOR = "krenalis_extract"
+CHANGED_MAX = 200_000  # profiles that changed (core/inputs.py), past which a run reads them all
+FEW_ROWS = (
+    20_000  # rows read at once through a plain cursor, not streamed (PostgreSQL plans them in parallel)
+)
 
 
 # -- extract ------------------------------------------------------------------------------------
@@ -67,8 +98,12 @@ class ExtractSummary:
 
     columns: list[str]  # what each profile holds
     total: int  # rows in the source before the filter
-    extracted: int
+    extracted: int  # rows the filter kept: the run's audience (written, or skipped as unchanged)
     sql: str  # the extraction as a person reads it
+    unchanged_inputs: int = 0  # of them, not written: their input is as last synced (core/inputs.py)
+    leavers: str | None = None  # the file of the keys that left the audience, when found in SQL
+    inputs: str = ""  # why every profile was read despite input digests ("" when not)
+    destination: str = ""  # the Stripe the skipped profiles were synced to (when some were skipped)
 
     def xcom(self, profiles: str, started_at: str) -> dict[str, Any]:
         """The extract step's XCom: the summary with the profiles file and the start time."""
@@ -79,6 +114,9 @@ class ExtractSummary:
             "extracted": self.extracted,
             "sql": self.sql,
             "started_at": started_at,
+            "unchanged_inputs": self.unchanged_inputs,
+            "leavers": self.leavers,
+            "destination": self.destination,
         }
 
 
@@ -94,9 +132,15 @@ def run_extract(
     log: logging.Logger,
     limit: int | None = None,
     server_side: bool = True,
+    inputs: Incremental | None = None,
+    leavers: str = "",
 ) -> ExtractSummary:
     """Check the spec's columns against the source, count its rows, and stream at most ``limit``
-    filtered rows into ``profiles`` (through a server-side cursor where the driver has one)."""
+    filtered rows into ``profiles`` (through a server-side cursor where the driver has one).
+
+    ``inputs`` (the ledger in the source database, see ``core/inputs.py``): each row carries its
+    input digest; when ``inputs.enabled``, only the rows that may have changed are written, and
+    the keys that left the audience go to ``leavers``."""
     cursor = connection.cursor()
     try:
         # Every column the spec names, checked before a row is read (as validate --connect does).
@@ -112,9 +156,34 @@ def run_extract(
             select=selected_columns(spec),
             probed=probed,
         )
-        log.info("Extracting with:\n%s", extraction.display())
         cursor.execute(extraction.count_sql)
         total = int(cursor.fetchone()[0])
+        if inputs is not None and limit is None:
+            try:
+                return _extract_digested(
+                    connection,
+                    spec,
+                    extraction,
+                    (profiles, leavers),
+                    open_file,
+                    inputs,
+                    placeholder=placeholder,
+                    total=total,
+                    log=log,
+                    server_side=server_side,
+                )
+            except KeysDiffer as exc:
+                log.warning(
+                    "Input digests off for this run: the source key's text in SQL differs from the "
+                    "pipeline's (%s; e.g. a float or timestamp key); every profile is read",
+                    exc,
+                )
+            except driver_errors(connection) as exc:  # the database could not hash or join the rows
+                connection.rollback()
+                log.warning(
+                    "Input digests off for this run, every profile is read: the database said %s", exc
+                )
+        log.info("Extracting with:\n%s", extraction.display())
         with streaming(connection, cursor, server_side) as rows_cursor, open_file(profiles, "w") as out:
             rows = iter_rows(rows_cursor, extraction.sql, extraction.params)
             count = write_jsonl(out, itertools.islice(rows, limit))
@@ -122,6 +191,226 @@ def run_extract(
         cursor.close()
     log.info("Extracted %d of %d profiles (%d filtered out)", count, total, total - count)
     return ExtractSummary(extraction.columns, total, count, extraction.display())
+
+
+def input_digests(
+    connection: Any,
+    spec: PipelineSpec,
+    spec_file: str,
+    *,
+    dialect: str | None,
+    placeholder: str,
+    fingerprint: str,
+    full_resync: bool = False,
+    reconcile: bool = False,
+) -> Incremental | None:
+    """How the extract step uses input digests (``core/inputs.py``): None when the ledger lives in
+    another database, the database has no row hash or ``export.skip_unchanged`` is false; else
+    the plan, whose ``why_not`` says why this run reads every profile (a full resync, a
+    reconciliation due or asked for, a Stripe key whose account the upsert never resolved).
+    Creates the ledger table when it is missing."""
+    if (
+        not spec.export.skip_unchanged
+        or spec.state_conn_id != spec.source.conn_id
+        or dialect_name(dialect, placeholder) not in DIALECTS
+    ):
+        return None
+    ledger = Ledger(connection, placeholder, spec.id, spec.state.table_prefix)
+    ledger.ensure_table()
+    places = Destinations(connection, placeholder, spec.state.table_prefix)
+    destination = places.known(fingerprint) if fingerprint else None
+    why = ""
+    if full_resync:
+        why = "a full resync reads every profile"
+    elif destination is None:
+        why = "the upsert has not resolved this Stripe key's account yet"
+    else:
+        last = places.reconciled_at(spec.id, destination)
+        if due := reconcile_due(reconcile, spec.export.reconcile_every, last, datetime.now(UTC)):
+            why = f"this run reconciles: {due}"
+    seed = spec_seed(spec, [Path(spec_file).parent.parent])
+    return Incremental(ledger.table, spec.id, destination or "", seed, why)
+
+
+def driver_errors(connection: Any) -> type[Exception] | tuple[type[Exception], ...]:
+    """The DB-API ``Error`` class of ``connection``'s driver (``sqlite3.Error``, ``psycopg2.Error``)."""
+    driver = sys.modules.get(type(connection).__module__.split(".")[0])
+    found = getattr(driver, "Error", None)
+    return found if isinstance(found, type) and issubclass(found, Exception) else ()
+
+
+def _not_read(count: int) -> str:
+    return f"{count} not read: input unchanged since synced" if count else ""
+
+
+class KeysDiffer(Exception):
+    """A profile key's text in SQL is not the pipeline's: the ledger cannot be joined on it."""
+
+
+def _extract_digested(
+    connection: Any,
+    spec: PipelineSpec,
+    extraction: Extraction,
+    files: tuple[str, str],
+    open_file: OpenFile,
+    inputs: Incremental,
+    *,
+    placeholder: str,
+    total: int,
+    log: logging.Logger,
+    server_side: bool,
+) -> ExtractSummary:
+    """``run_extract`` with input digests (``core/inputs.py``); ``files``: profiles, leavers.
+
+    With ``inputs.enabled``: the keys that may have changed first (a plain cursor: few), kept in a
+    temporary table with those that share their matching values in the ledger (dedupe must see
+    every profile of a matching value), then only those rows; past ``CHANGED_MAX`` changed keys
+    every row is read instead. Then the audience's size and, in SQL, who left it."""
+    profiles, leavers = files
+    register(connection, extraction.dialect)
+    changed: list[str] = []
+    cursor = connection.cursor()
+    try:
+        if inputs.enabled:
+            inputs, changed = _stage_changed(cursor, spec, extraction, inputs, placeholder)
+        if not inputs.enabled:
+            log.info("Input digests recorded, every profile read: %s", inputs.why_not)
+        matches = _write_digested(
+            connection, spec, extraction, profiles, open_file, inputs, placeholder, server_side
+        )
+        if inputs.enabled:
+            ledger = Ledger(connection, placeholder, spec.id, spec.state.table_prefix)
+            shared = {key for key, _ in ledger.keys_matching(sorted(set(matches.values()) - {""}))} - set(
+                matches
+            )
+            if shared:  # read again with them: few rows, found through the temporary table
+                _add_keys(cursor, placeholder, sorted(shared))
+                few = len(changed) + len(shared) <= FEW_ROWS
+                matches = _write_digested(
+                    connection,
+                    spec,
+                    extraction,
+                    profiles,
+                    open_file,
+                    inputs,
+                    placeholder,
+                    server_side and not few,
+                )
+            cursor.execute(f"DROP TABLE {CHANGED}")
+        count = len(matches)
+        if not inputs.enabled:
+            connection.commit()
+            log.info("Extracted %d of %d profiles (%d filtered out)", count, total, total - count)
+            return ExtractSummary(
+                extraction.columns, total, count, extraction.display(), inputs=inputs.why_not
+            )
+        audience = total
+        if extraction.where:
+            cursor.execute(f"SELECT COUNT(*) FROM ({extraction.body}) f", extraction.params)
+            audience = int(cursor.fetchone()[0])
+        cursor.execute(*leaving_sql(extraction, spec.source, inputs, placeholder))
+        with open_file(leavers, "w") as out:
+            left = write_jsonl(
+                out, ({"key": row[0]} for rows in iter(lambda: cursor.fetchmany(10_000), []) for row in rows)
+            )
+        connection.commit()  # ends the read (and the temporary table's writes): no lock is kept
+    finally:
+        cursor.close()
+    log.info(
+        "Extracted %d of %d profiles (%d filtered out); %d read, %d skipped: their input is unchanged "
+        "since they were synced (core/inputs.py); %d left the audience",
+        audience,
+        total,
+        total - audience,
+        count,
+        audience - count,
+        left,
+    )
+    return ExtractSummary(
+        extraction.columns,
+        total,
+        audience,
+        extraction.display(),
+        unchanged_inputs=audience - count,
+        leavers=leavers,
+        destination=inputs.destination,
+    )
+
+
+def _stage_changed(
+    cursor: Any, spec: PipelineSpec, extraction: Extraction, inputs: Incremental, placeholder: str
+) -> tuple[Incremental, list[str]]:
+    """Find the keys that may have changed and put them in the temporary table; past
+    ``CHANGED_MAX`` of them, the plan to read every row instead."""
+    before, after = around_changed_sql(extraction.dialect)
+    for statement in before:
+        cursor.execute(statement)
+    cursor.execute(*changed_keys_sql(extraction, spec.source, inputs, placeholder, CHANGED_MAX + 1))
+    changed = [row[0] for row in cursor.fetchall()]
+    for statement in after:
+        cursor.execute(statement)
+    if len(changed) > CHANGED_MAX:
+        return replace(inputs, why_not=f"more than {CHANGED_MAX:,} profiles changed"), []
+    for statement in changed_table_sql():
+        cursor.execute(statement)
+    _add_keys(cursor, placeholder, changed)
+    return inputs, changed
+
+
+def _add_keys(cursor: Any, placeholder: str, keys: Sequence[str]) -> None:
+    """Add ``keys`` to the temporary table of keys to read (``inputs.CHANGED``)."""
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        marks = ", ".join([f"({placeholder})"] * len(chunk))
+        cursor.execute(f"INSERT INTO {CHANGED} (k) VALUES {marks}", chunk)
+
+
+def _write_digested(
+    connection: Any,
+    spec: PipelineSpec,
+    extraction: Extraction,
+    profiles: str,
+    open_file: OpenFile,
+    inputs: Incremental,
+    placeholder: str,
+    server_side: bool,
+) -> dict[str, str]:
+    """Write the rows of ``inputs.digests_sql`` to ``profiles``: key → matching value of each."""
+    sql, params = with_digests(extraction, spec.source, spec.export.order, inputs, placeholder)
+    written = _Written(spec)
+    cursor = connection.cursor()
+    try:
+        with (
+            streaming(connection, cursor, server_side) as rows_cursor,
+            open_file(profiles, "w") as out,
+        ):
+            write_jsonl(out, map(written.row, iter_rows(rows_cursor, sql, params)))
+    finally:
+        cursor.close()
+    return written.matches
+
+
+class _Written:
+    """Checks each digested row on its way to the profiles file, keeping its key and matching value."""
+
+    def __init__(self, spec: PipelineSpec) -> None:
+        self.matches: dict[str, str] = {}  # key → normalised matching value, of every row written
+        self._key, self._property, self._field = (
+            spec.source.key,
+            spec.export.matching.property,
+            spec.export.matching.stripe,
+        )
+
+    def row(self, row: dict[str, Any]) -> dict[str, Any]:
+        seen, text = row.pop(SEEN), row.pop(KEY)
+        key = row[self._key]
+        if (key if type(key) is str else stripe_text(key)) != text:
+            raise KeysDiffer(f"{key!r} is {text!r} in SQL")
+        if row[INPUT] == seen:
+            row[RECORDED] = True  # the ledger holds it: an unchanged record costs no write
+        raw = row.get(self._property)
+        self.matches[text] = "" if raw is None else normalise_match(self._field, raw)
+        return row
 
 
 @contextlib.contextmanager
@@ -338,17 +627,31 @@ class Synced:
     left: LeaveResult | None = None
 
 
+@dataclass(frozen=True)
+class Audience:
+    """What the extract step knows of the run's audience, to find who left it (``core/leave.py``).
+
+    ``leavers`` finds them in the ledger: by the digests of every extracted profile's key, or
+    from the keys the extract step found gone in the warehouse. ``unchanged``: the profiles that
+    step skipped as unchanged since synced, and ``destination`` the Stripe it compared them with
+    (``core/inputs.py``; "" when it read every profile)."""
+
+    leavers: Callable[[LeaveLedger, LeaveOptions], Leavers]
+    unchanged: int = 0
+    destination: str = ""
+
+
 def sync_records(
     api: CustomerApi,
     spec: PipelineSpec,
     state: UpsertRun,
     records: Callable[[], Iterator[Record]],
-    audience: Callable[[], set[int]] | None = None,
+    audience: Audience | None = None,
 ) -> Synced:
     """``Syncer.run`` against the pipeline's ledger, on the run's destination, reconciling when
     asked or due (``core/destination.py``), then ``export.on_leave`` for the ledger's profiles
-    missing from ``audience`` (key digests of every extracted profile; see ``core/leave.py``),
-    whose guard runs before anything is written. A dry run creates nothing, not even the tables."""
+    that left the ``audience`` (see ``core/leave.py``), whose guard runs before anything is
+    written. A dry run creates nothing, not even the tables."""
     dry_run = state.options.dry_run
     ledger = Ledger(state.connection, state.placeholder, spec.id, spec.state.table_prefix)
     store: Ledger | EmptyLedger = ledger
@@ -358,9 +661,24 @@ def sync_records(
         store = EmptyLedger()
     places = Destinations(state.connection, state.placeholder, spec.state.table_prefix, writable=not dry_run)
     destination = places.resolve(state.fingerprint, api.account_id)
+    changed_only = audience is not None and bool(audience.destination)
+    if changed_only and audience is not None and audience.destination != destination:
+        raise RunFailed(
+            f"the extract step compared the profiles with {audience.destination}, but the Stripe key now "
+            f"belongs to {destination}: clear the whole DAG run (from extract) to read every profile again"
+        )
     now = datetime.now(UTC)
-    why = reconcile_due(
-        state.options.reconcile, spec.export.reconcile_every, places.reconciled_at(spec.id, destination), now
+    # A run whose extract step read only the changed profiles cannot reconcile (that checks every
+    # one): one falling due since is left to the next run, whose extract step reads them all.
+    why = (
+        ""
+        if changed_only
+        else reconcile_due(
+            state.options.reconcile,
+            spec.export.reconcile_every,
+            places.reconciled_at(spec.id, destination),
+            now,
+        )
     )
     options = replace(
         state.options,
@@ -368,13 +686,15 @@ def sync_records(
         reconcile=bool(why),
         account_size=places.size(destination),
         last_listing=places.last_listing(destination) if state.options.stripe_field == "email" else None,
+        changed_only=changed_only,
     )
     leave = LeaveOptions.of(spec, destination=destination, dry_run=dry_run, concurrency=options.concurrency)
-    leavers = None if audience is None else find_leavers(store, audience(), leave)
+    leavers = None if audience is None else audience.leavers(store, leave)
     if leavers is not None:
         check_leave_limit(leavers, leave)  # before anything is written
     result = Syncer(api, store, options).run(records)
     result.destination, result.reconciled = destination, why
+    result.unchanged += 0 if audience is None else audience.unchanged
     if why and not result.failed:
         places.record_reconciled(spec.id, destination, now)
     if result.listed is not None:
@@ -386,14 +706,23 @@ def sync_records(
     return Synced(result, left)
 
 
-def audience_reader(open_file: OpenFile, profiles: str, key_column: str) -> Callable[[], set[int]]:
-    """The run's audience (``core/leave.py``), read from the extracted profiles when asked."""
+def audience_reader(open_file: OpenFile, upstream: Mapping[str, Any], key_column: str) -> Audience:
+    """The run's audience as the extract step left it (``upstream``: its XCom): the keys that
+    left, when it found them in the warehouse, else every extracted profile's key."""
+    if left := upstream.get("leavers"):
 
-    def audience() -> set[int]:
-        with open_file(profiles, "r") as stream:
-            return read_audience(stream, key_column)
+        def listed(ledger: LeaveLedger, options: LeaveOptions) -> Leavers:
+            with open_file(left, "r") as stream:
+                keys = [str(row["key"]) for row in read_jsonl(stream)]
+            return listed_leavers(ledger, keys, options, int(upstream["extracted"]))
 
-    return audience
+        return Audience(listed, int(upstream.get("unchanged_inputs", 0)), str(upstream["destination"]))
+
+    def digests(ledger: LeaveLedger, options: LeaveOptions) -> Leavers:
+        with open_file(upstream["profiles"], "r") as stream:
+            return find_leavers(ledger, read_audience(stream, key_column), options)
+
+    return Audience(digests)
 
 
 def run_upsert(
@@ -411,7 +740,7 @@ def run_upsert(
     and (unless a dry run) record the run in the history. ``retried``: the API's count of retried
     calls by endpoint (read once the sync is done)."""
     dry_run = state.options.dry_run
-    audience = audience_reader(open_file, upstream["profiles"], spec.source.key)
+    audience = audience_reader(open_file, upstream, spec.source.key)
     synced = sync_records(api, spec, state, records_reader(open_file, files.deduped), audience)
     result = synced.result
     with open_file(files.rejections, "w") as out:
@@ -486,6 +815,7 @@ def run_summary(
         "created": result.created,
         "updated": result.updated,
         "unchanged": result.unchanged,
+        "unchanged_inputs": up.get("unchanged_inputs", 0),  # of them, not read: input as last synced
         "skipped": dict(skipped),
         "skipped_total": skipped.total(),
         "failed": result.failed,
@@ -554,7 +884,7 @@ def report(summary: Mapping[str, Any], dry_run: bool) -> str:
         ("duplicates", summary["duplicates"], ""),
         (f"{would}created", summary["created"], ""),
         (f"{would}updated", summary["updated"], ""),
-        ("unchanged", summary["unchanged"], ""),
+        ("unchanged", summary["unchanged"], _not_read(summary.get("unchanged_inputs", 0))),
         ("skipped", summary["skipped_total"], summary["skipped"] or ""),
         ("failed", summary["failed"], ""),
         ("Stripe API calls", sum(summary["api_calls"].values()), summary["api_calls"] or ""),

@@ -118,6 +118,12 @@ class Export(Model):
     reconcile: str = "24h"  # off, or how often the ledger is checked against Stripe (30m, 24h, 7d)
     on_leave: Literal["keep", "clear", "delete"] = "keep"
     max_leave: int | str = "10%"
+    skip_unchanged: bool = Field(
+        default=True,
+        description="Read only the profiles whose columns changed since they were synced, when the "
+        "ledger is in the source database (core/inputs.py). false: read and transform every profile "
+        "each run, for a transformation that reads more than the row (the clock, files, services).",
+    )
 
     @field_validator("max_rejected")
     @classmethod

@@ -81,6 +81,7 @@ ID_LOOKUPS = 100
 # A listing keeps only the customers the run's misses need (memory follows the misses, not the
 # account); past this many misses it keeps every customer instead.
 WANTED_MAX = 200_000
+INPUTS_BATCH = 10_000  # input digests of unchanged records written to the ledger at once
 # Matching by email, a whole listing keeps the customers whose stored email is not in matching form
 # (``Syncer._email_index``); past this many it keeps none and email lookups wait for a listing
 # that finds fewer.
@@ -140,6 +141,9 @@ class LedgerStore(Protocol):
     def record(self, entries: dict[str, LedgerEntry]) -> int:
         """Write ``entries``; returns how many rows were written."""
 
+    def record_inputs(self, inputs: Sequence[tuple[str, int]]) -> int:
+        """Record ``(key, input digest)`` of unchanged records (``core/inputs.py``)."""
+
     def overlaps(self, destination: str) -> Iterable[tuple[str, str, frozenset[str]]]:
         """``(other pipeline, customer id, units both write)`` for customers of ``destination``."""
 
@@ -169,6 +173,9 @@ class SyncOptions:
     account_size: int | None = None  # customers in the destination when last listed whole (None: unknown)
     last_listing: WholeListing | None = None  # what that listing saw, for email lookups (None: unknown)
     reconcile: bool = False  # verify every synced customer against one listing of Stripe; repair drift
+    # The extract step read only the profiles whose input changed (core/inputs.py): their entries are
+    # fetched as they stream by instead of holding a digest of every synced profile in memory.
+    changed_only: bool = False
 
 
 @dataclass
@@ -302,7 +309,12 @@ def decide(  # noqa: C901 - one table of cases, read top to bottom (tests/core/t
         if entry.status == "failed" and entry.attempts >= options.give_up_after:
             return Rejected("given up", f"failed in {entry.attempts} runs in a row: {entry.error}")
     done = LedgerEntry(
-        record.match, (), digest, field_hashes(record.payload), destination=options.destination
+        record.match,
+        (),
+        digest,
+        field_hashes(record.payload),
+        destination=options.destination,
+        input=record.input,
     )
     drift = ""
     if entry is not None and entry.customer_ids and not options.full_resync:
@@ -400,6 +412,7 @@ class Syncer:
         self.result = SyncResult()
         self._staged = Checkpoints(ledger, options.checkpoint_every)
         self._busy: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._inputs: list[tuple[str, int]] = []  # input digests of unchanged records, to record
         self._busy_lock = threading.Lock()
 
     # -- planning ---------------------------------------------------------------------------
@@ -414,7 +427,7 @@ class Syncer:
         """
         options = self.options
         trusting = not (options.full_resync or options.reconcile)
-        synced = self.ledger.synced(options.destination) if trusting else {}
+        synced = self.ledger.synced(options.destination) if trusting and not options.changed_only else {}
         contested = self._contested() if options.reconcile else None
         wanted = self._wanted(records(), synced)
         index: Index | None = None
@@ -449,7 +462,8 @@ class Syncer:
         batch: list[Record] = []
         for record in records:
             if synced.get(key_digest(record.key)) == state_digest(payload_hash(record)):
-                self.result.unchanged += count_unchanged
+                if count_unchanged:
+                    self._unchanged(record)
                 continue
             batch.append(record)
             if len(batch) == LEDGER_BATCH:
@@ -656,9 +670,23 @@ class Syncer:
         elif isinstance(decision, Remember) and decision.skipped is not None:
             self._skip(record, decision.skipped)
         else:
-            self.result.unchanged += 1
+            self._unchanged(record, staged=isinstance(decision, Remember))
             if isinstance(decision, Remember) and decision.withheld:
                 self._contest(record, decision.entry.customer_ids, decision.withheld)
+
+    def _unchanged(self, record: Record, *, staged: bool = False) -> None:
+        """Count an unchanged record; record its input digest when the ledger lacks it (unless
+        its entry is ``staged`` with it), so the next extract can skip it (``core/inputs.py``)."""
+        self.result.unchanged += 1
+        if record.input is not None and not record.input_recorded and not staged and not self.options.dry_run:
+            self._inputs.append((record.key, record.input))
+            if len(self._inputs) >= INPUTS_BATCH:
+                self._flush_inputs()
+
+    def _flush_inputs(self) -> None:
+        if self._inputs:
+            self.ledger.record_inputs(self._inputs)
+            self._inputs = []
 
     def _contest(self, record: Record, ids: Sequence[str], units: frozenset[str]) -> None:
         """Count a drift left alone: another pipeline writes these units to these customers too."""
@@ -714,6 +742,7 @@ class Syncer:
                 raise
             finally:
                 self._staged.flush()
+                self._flush_inputs()
 
     def _send(self, write: Write) -> tuple[str, ...] | None:
         """Write to Stripe: the ids Stripe confirmed, or None when Stripe already held it all."""

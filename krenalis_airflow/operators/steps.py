@@ -84,6 +84,18 @@ def extract(run: StepRun) -> dict[str, Any]:
     hook = sql_hook(run.spec.source.conn_id)
     profiles = run.name("profiles.jsonl")
     with _connection(hook) as conn:
+        inputs = None
+        if not run.dry_run and run.limit is None:  # a dry run creates no table; a limited one skips nothing
+            inputs = core.input_digests(
+                conn,
+                run.spec,
+                run.spec_file,
+                dialect=hook.dialect_name,
+                placeholder=hook.placeholder,
+                fingerprint=_fingerprint(run.spec.destination.conn_id),
+                full_resync=run.full_resync,
+                reconcile=run.reconcile,
+            )
         done = core.run_extract(
             conn,
             run.spec,
@@ -94,8 +106,19 @@ def extract(run: StepRun) -> dict[str, Any]:
             placeholder=hook.placeholder,
             log=run.log,
             limit=run.limit,
+            inputs=inputs,
+            leavers=run.name("left.jsonl"),
         )
     return done.xcom(profiles, started_at)
+
+
+def _fingerprint(conn_id: str) -> str:
+    """The Stripe key's fingerprint, to find its account in the state store; "" when the
+    connection cannot be read here (the extract then reads every profile; the upsert says why)."""
+    try:
+        return StripeHook(conn_id).settings.fingerprint
+    except Exception:  # any failure means "not known": the safe answer
+        return ""
 
 
 def transform(run: StepRun) -> dict[str, Any]:
@@ -189,7 +212,9 @@ def _remove_profile_files(run: StepRun) -> None:
     """Whole profiles (personal data) are not kept once Stripe and the ledger have what they need;
     the summary and the rejection files stay."""
     removed = []
-    for name in ("profiles", "records", "deduped"):
+    for name in ("profiles", "records", "deduped", "leavers"):  # leavers: only with input digests
+        if not run.upstream.get(name):
+            continue
         path = ObjectStoragePath(run.upstream[name])
         try:
             if path.exists():

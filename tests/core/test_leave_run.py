@@ -103,7 +103,7 @@ def run(
         spec,
         UpsertRun(state, "?", options, fingerprint="key:leave-run-test"),
         records_reader(open, name["deduped"]),
-        audience_reader(open, name["profiles"], spec.source.key),
+        audience_reader(open, extracted.xcom(name["profiles"], ""), spec.source.key),
     )
     assert synced.left is not None
     return synced.left, api

@@ -180,7 +180,11 @@ def test_the_steps_chain_over_plain_files(tmp_path: Path) -> None:
         conn.close()
     assert 0 < extracted.extracted <= extracted.total == 30
     xcom = extracted.xcom(name["profiles"], "2026-01-01T00:00:00+00:00")
-    assert set(xcom) == {"profiles", "columns", "total", "extracted", "sql", "started_at"}
+    assert set(xcom) == {
+        *("profiles", "columns", "total", "extracted", "sql", "started_at"),
+        *("unchanged_inputs", "leavers", "destination"),  # core/inputs.py: none here (no digests)
+    }
+    assert (xcom["unchanged_inputs"], xcom["leavers"], xcom["destination"]) == (0, None, "")
 
     transformed = run_transform(
         spec, spec_file, extracted.columns, (name["profiles"], name["records"], name["r1"]), open, log=log

@@ -259,7 +259,11 @@ def test_a_nested_output_syncs_exactly_as_its_dotted_form(
         summary = steps.upsert(run)
         assert summary["outcome"] == "success"
         with ObjectStoragePath(upstream["records"]).open() as records:
-            payloads = sorted((json.loads(line) for line in records), key=lambda r: r["key"])
+            # Without the input digest: it is seeded with the spec, which differs between the forms.
+            payloads = sorted(
+                ({k: v for k, v in json.loads(line).items() if k != "input"} for line in records),
+                key=lambda r: r["key"],
+            )
         seen[form] = {
             "counts": {k: summary[k] for k in ("transformed", "rejected", "created", "updated", "api_calls")},
             "records": payloads,

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, Literal, Protocol
 
+from krenalis_airflow.core.inputs import INPUT, RECORDED
 from krenalis_airflow.core.matching import Mode, normalise_match, written_field
 from krenalis_airflow.core.records import JsonlWriter, LeftOut, Record, Rejection, Skip, read_jsonl
 from krenalis_airflow.core.transform.base import Transformer
@@ -115,7 +116,14 @@ def _finish(
     by_email = stripe_field == "email"
     written = written_field(stripe_field, settings.mode)
     language = settings.language  # the words of the hints in rejections
-    for profile, result in zip(batch, transformer.transform_batch(batch), strict=True):
+    # The input digest (core/inputs.py) travels beside the profile, never into the transformation.
+    inputs = [
+        (profile.pop(INPUT, None), bool(profile.pop(RECORDED, False)))
+        if isinstance(profile, dict)
+        else (None, False)
+        for profile in batch
+    ]
+    for number, (profile, result) in enumerate(zip(batch, transformer.transform_batch(batch), strict=True)):
         key = profile.get(key_column)
         if type(key) is not str:
             key = stripe_text(key)
@@ -133,7 +141,7 @@ def _finish(
         if problems:
             yield Rejection(key, STEP, "invalid output", "; ".join(problems))
             continue
-        yield Record(key, match, match_value, payload)
+        yield Record(key, match, match_value, payload, *inputs[number])
 
 
 # What ``TransformSettings.of`` reads of a spec, so that this module needs no import of the spec
