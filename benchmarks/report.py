@@ -12,7 +12,7 @@ from typing import Any
 
 from krenalis_airflow.core.ratelimit import Limits
 
-from . import parse, shared_limit
+from . import big_account, parse, rerun, shared_limit
 from .api import CREATE, LIST, UPDATE, WRITES, ApiOptions, Request, Scenario
 from .stages import StageResult
 
@@ -114,6 +114,8 @@ class Context:
     chart_note: str = ""
     shared_runs: Sequence[shared_limit.SharedRun] = ()  # "N pipelines, one Stripe account"
     parsing: Sequence[parse.ParseResult] = ()  # "DAG parsing": the DAG files at 10 … 5,000 specs
+    big_account: Sequence[big_account.BigResult] = ()  # "Big Stripe account": 1,000,000 customers
+    reruns: Sequence[rerun.Rerun] = ()  # "Ten million profiles": a rerun with input digests
 
 
 def render(
@@ -133,6 +135,8 @@ def render(
     if stages:
         parts += _local_sections(context, stages)
     parts += shared_limit.section(context.shared_runs)
+    parts += big_account.section(context.big_account)
+    parts += rerun.section(context.reruns)
     parts += parse.section(context.parsing)
     parts += ["## Machine, versions, options", "", "| | |", "|---|---|"]
     parts += [f"| {name} | {value} |" for name, value in context.machine]
@@ -225,6 +229,8 @@ def _targets(context: Context, scenarios: Sequence[Scenario], stages: Sequence[S
             )
         )
     rows += parse.targets(context.parsing)
+    rows += big_account.targets(context.big_account)
+    rows += rerun.targets(context.reruns)
     if not rows:
         return []
     lines = ["## Targets", "", "| target | measured | |", "|---|---|---|"]

@@ -1,7 +1,7 @@
 """Benchmarks: API economy, rate-limit use and local throughput, against a hand-written baseline.
 
-    .venv/bin/python -m benchmarks.run            # the full run (make bench): ~20 min on 2 cores
-    .venv/bin/python -m benchmarks.run --quick    # a smoke run: 500 profiles, 100k local rows, ~3 min
+    .venv/bin/python -m benchmarks.run            # the full run (make bench): ~45 min on 2 cores
+    .venv/bin/python -m benchmarks.run --quick    # a smoke run: 500 profiles, 100k local rows, ~10 min
 
 Writes ``benchmarks/REPORT.md`` and ``benchmarks/chart.png`` (see ``benchmarks/README.md``).
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 from krenalis_airflow.core.ratelimit import Limits
 from support.fault_proxy import Latency
 
-from . import api, parse, report, shared_limit, stages
+from . import api, big_account, parse, report, rerun, shared_limit, stages
 
 HERE = Path(__file__).resolve().parent
 QUICK = {"profiles": 500, "sample": 50, "local_rows": 100_000, "pg_rows": 20_000}
@@ -72,6 +72,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     other.add_argument("--skip-parse", action="store_true", help="skip DAG parsing (parse.py)")
     other.add_argument(
+        "--skip-big-account", action="store_true", help="skip the big Stripe account (big_account.py)"
+    )
+    other.add_argument(
+        "--big-account-customers",
+        type=int,
+        help="customers in the big account's Stripe double (1,000,000; --quick: 200,000)",
+    )
+    other.add_argument("--skip-rerun", action="store_true", help="skip the 10M-profile rerun (rerun.py)")
+    other.add_argument(
+        "--rerun-rows",
+        type=int,
+        help="profiles in the rerun's warehouse (10,000,000; --quick: 1,000,000); PostgreSQL too unless --pg-rows 0",
+    )
+    other.add_argument(
         "--parse-sizes",
         type=int,
         nargs="+",
@@ -90,6 +104,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.big_account_customers is None:
+        args.big_account_customers = 200_000 if args.quick else 1_000_000
+    if args.rerun_rows is None:
+        args.rerun_rows = 1_000_000 if args.quick else 10_000_000
     if args.parse_sizes is None:
         args.parse_sizes = list(parse.QUICK_SIZES if args.quick else parse.SIZES)
     if args.small_rows is None:
@@ -137,6 +155,15 @@ def main(argv: list[str] | None = None) -> int:
             shared = shared_limit.SharedOptions(profiles=each, latency=options.latency)
             (folder / "shared").mkdir()
             shared_runs = shared_limit.run(shared, folder / "shared", log)
+        big: list[big_account.BigResult] = []
+        if not args.skip_big_account:
+            big = big_account.run(args.big_account_customers, folder, log)
+        reruns: list[rerun.Rerun] = []
+        if not args.skip_rerun:
+            log(f"A rerun over {args.rerun_rows:,} profiles, 0.1% changed, with input digests")
+            for db in ("sqlite", "postgresql") if args.pg_rows else ("sqlite",):
+                (folder / f"rerun-{db}").mkdir()
+                reruns.append(rerun.run(db, args.rerun_rows, 0.001, 100, folder / f"rerun-{db}", log))
 
     chart_path: Path | None = None
     chart_note = ""
@@ -160,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         chart_note=chart_note,
         shared_runs=shared_runs,
         parsing=parsing,
+        big_account=big,
+        reruns=reruns,
     )
     args.report.write_text(report.render(context, scenarios, results, args.report))
     log(f"wrote {args.report}" + (f" and {chart_path}" if chart_path else ""))

@@ -164,8 +164,10 @@ def section(runs: Sequence[SharedRun]) -> list[str]:
     return lines
 
 
-def update_report(report: Path, lines: Sequence[str]) -> None:
-    """Put the section into ``report`` between its markers (before the machine section if new)."""
+def update_report(report: Path, lines: Sequence[str], markers: tuple[str, str] = (BEGIN, END)) -> None:
+    """Put a section into ``report`` between its ``markers`` (before the machine section if new):
+    one benchmark rerun alone updates its own section of ``REPORT.md``."""
+    BEGIN, END = markers
     block = "\n".join([BEGIN, *lines, END])
     text = report.read_text()
     if BEGIN in text and END in text:

@@ -20,7 +20,7 @@ TINY = [
     "--profiles", "20", "--sample", "4", "--changed-share", "0.1",
     "--local-rows", "1500", "--small-rows", "1500", "--pg-rows", "0",
     "--read-latency", "0.02", "--write-latency", "0.05", "--jitter", "0",
-    "--parse-sizes", "5",
+    "--parse-sizes", "5", "--big-account-customers", "3000", "--rerun-rows", "3000",
 ]  # fmt: skip
 
 
