@@ -282,16 +282,18 @@ def _as_synced(conn: Any, spec: PipelineSpec, ledger: Ledger, table: str, where:
     per-field hashes, from the pipeline's own transformation), so their update sends only what
     the edit changes, as it would after a real first run."""
     cursor = conn.cursor()
-    rows = list(iter_rows(cursor, f"SELECT * FROM {table} WHERE {where}", []))
+    ph = "?" if isinstance(conn, sqlite3.Connection) else "%s"
+    select = f"SELECT * FROM {table} WHERE {where}"
+    rows = list(iter_rows(cursor, select if ph == "?" else select.replace("%", "%%"), []))
     transformer = build_transformer(spec.transformation)
     entries = {}
     for record in transform_profiles(rows, transformer, TransformSettings.of(spec)):
         if isinstance(record, Record):
-            entries[record.key] = (payload_hash(record), field_hashes(record.payload), record.key)
+            entries[record.key] = (payload_hash(record), field_hashes(record.payload), spec.id, record.key)
     transformer.close()
-    ph = "?" if isinstance(conn, sqlite3.Connection) else "%s"
     cursor.executemany(
-        f"UPDATE {ledger.table} SET payload_hash = {ph}, field_hashes = {ph} WHERE profile_key = {ph}",
+        f"UPDATE {ledger.table} SET payload_hash = {ph}, field_hashes = {ph}"
+        f" WHERE pipeline_id = {ph} AND profile_key = {ph}",
         list(entries.values()),
     )
     conn.commit()
@@ -430,6 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--db", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
     parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--update-report", action="store_true", help="put the section into REPORT.md")
     parser.add_argument(
         "--prepare-only", action="store_true", help="build the warehouse and ledger, keep them, print where"
     )

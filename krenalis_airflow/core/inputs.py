@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import marshal
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ KEY = "_krenalis_key"  # the profile's key as SQL casts it to text, checked agai
 DIGEST_VERSION = 1  # bump when a digest expression changes: every row is read once more
 SQLITE_FUNCTION = "krenalis_digest"
 DIALECTS = (POSTGRESQL, SQLITE)
+REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # package.module:function
 
 
 def spec_seed(spec: Any, search_path: Sequence[Path] = ()) -> int:
@@ -59,7 +61,10 @@ def spec_seed(spec: Any, search_path: Sequence[Path] = ()) -> int:
 
 def python_source(reference: str, search_path: Sequence[Path]) -> bytes:
     """The source of the module of a ``module:function`` reference, found on ``search_path``
-    (empty when it is not a file there: an installed package's version is not followed)."""
+    (empty when it is not a file there: an installed package's version is not followed; and for
+    inline code, which the spec itself holds)."""
+    if not REFERENCE.match(reference):
+        return b""
     relative = Path(*reference.split(":")[0].split("."))
     for folder in search_path:
         for candidate in (folder / relative.with_suffix(".py"), folder / relative / "__init__.py"):

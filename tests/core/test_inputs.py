@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import stripe
 
+from krenalis_airflow.core.inputs import python_source, spec_seed
 from krenalis_airflow.core.run import (
     ExtractSummary,
     UpsertRun,
@@ -76,13 +77,30 @@ class Warehouse:
             conn.close()
 
 
+def sqlite_warehouse(tmp_path: Path, key_type: str = "INTEGER") -> Warehouse:
+    """An SQLite warehouse file with an empty ``profiles`` table keyed by ``id``."""
+    path = tmp_path / "warehouse.sqlite"
+    found = Warehouse(lambda: sqlite3.connect(path, check_same_thread=False), "sqlite", "?", "profiles")
+    found.sql(f"CREATE TABLE profiles (id {key_type} PRIMARY KEY, email TEXT, name TEXT, plan TEXT)")
+    return found
+
+
+def write_spec(tmp_path: Path, warehouse: Warehouse, export: str = "") -> Path:
+    """The pipeline's spec file for ``warehouse``, with ``export`` lines added to its export."""
+    spec_file = tmp_path / "pipelines" / "inputs.yaml"
+    spec_file.parent.mkdir()
+    spec_file.write_text(
+        SPEC.format(table=warehouse.table, prefix=warehouse.prefix).replace(
+            "  on_leave:", f"{export}  on_leave:"
+        )
+    )
+    return spec_file
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
     if request.param == "sqlite":
-        path = tmp_path / "warehouse.sqlite"
-        found = Warehouse(lambda: sqlite3.connect(path, check_same_thread=False), "sqlite", "?", "profiles")
-        found.sql("CREATE TABLE profiles (id INTEGER PRIMARY KEY, email TEXT, name TEXT, plan TEXT)")
-        yield found
+        yield sqlite_warehouse(tmp_path)
         return
     psycopg2 = pytest.importorskip("psycopg2")
     dsn = "host=127.0.0.1 dbname=test user=postgres"
@@ -195,9 +213,7 @@ def customers(client: stripe.StripeClient) -> dict[str, dict[str, Any]]:
 def test_reruns_read_only_what_changed_and_send_what_a_full_read_sends(
     tmp_path: Path, warehouse: Warehouse, stripe_client: stripe.StripeClient
 ) -> None:
-    spec_file = tmp_path / "pipelines" / "inputs.yaml"
-    spec_file.parent.mkdir()
-    spec_file.write_text(SPEC.format(table=warehouse.table, prefix=warehouse.prefix))
+    spec_file = write_spec(tmp_path, warehouse)
     spec = load_spec(spec_file)
     for row in ROWS:
         warehouse.sql(f"INSERT INTO {warehouse.table} VALUES (?, ?, ?, ?)", *row)
@@ -241,9 +257,7 @@ def test_reruns_read_only_what_changed_and_send_what_a_full_read_sends(
 def test_a_spec_change_reads_every_profile_again(
     tmp_path: Path, warehouse: Warehouse, stripe_client: stripe.StripeClient
 ) -> None:
-    spec_file = tmp_path / "pipelines" / "inputs.yaml"
-    spec_file.parent.mkdir()
-    spec_file.write_text(SPEC.format(table=warehouse.table, prefix=warehouse.prefix))
+    spec_file = write_spec(tmp_path, warehouse)
     for row in ROWS[:3]:
         warehouse.sql(f"INSERT INTO {warehouse.table} VALUES (?, ?, ?, ?)", *row)
     runs = iter(range(100))
@@ -266,15 +280,11 @@ def test_a_spec_change_reads_every_profile_again(
 def test_keys_whose_sql_text_differs_turn_the_shortcut_off(
     tmp_path: Path, stripe_client: stripe.StripeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A REAL key is 1.5 in the ledger and '1.5' in SQL but 2.0 is '2.0' for SQLite and '2' for
-    the pipeline: the join cannot be trusted, so every profile is read, every run."""
-    path = tmp_path / "warehouse.sqlite"
-    found = Warehouse(lambda: sqlite3.connect(path, check_same_thread=False), "sqlite", "?", "profiles")
-    found.sql("CREATE TABLE profiles (id REAL PRIMARY KEY, email TEXT, name TEXT, plan TEXT)")
+    """A REAL key 2.0 is '2.0' in SQL but '2' for the pipeline (and its ledger): the join cannot be
+    trusted, so every profile is read, every run."""
+    found = sqlite_warehouse(tmp_path, "REAL")
     found.sql("INSERT INTO profiles VALUES (2.0, 'a@example.com', 'A', 'gold')")
-    spec_file = tmp_path / "pipelines" / "inputs.yaml"
-    spec_file.parent.mkdir()
-    spec_file.write_text(SPEC.format(table="profiles", prefix="krenalis_"))
+    spec_file = write_spec(tmp_path, found)
     spec = load_spec(spec_file)
     one_run(spec, spec_file, found, stripe_client, tmp_path / "run1")
     with caplog.at_level(logging.WARNING):
@@ -284,18 +294,10 @@ def test_keys_whose_sql_text_differs_turn_the_shortcut_off(
 
 
 def test_skip_unchanged_false_reads_every_profile(tmp_path: Path, stripe_client: stripe.StripeClient) -> None:
-    path = tmp_path / "warehouse.sqlite"
-    found = Warehouse(lambda: sqlite3.connect(path, check_same_thread=False), "sqlite", "?", "profiles")
-    found.sql("CREATE TABLE profiles (id INTEGER PRIMARY KEY, email TEXT, name TEXT, plan TEXT)")
+    found = sqlite_warehouse(tmp_path)
     for row in ROWS[:2]:
         found.sql("INSERT INTO profiles VALUES (?, ?, ?, ?)", *row)
-    spec_file = tmp_path / "pipelines" / "inputs.yaml"
-    spec_file.parent.mkdir()
-    spec_file.write_text(
-        SPEC.format(table="profiles", prefix="krenalis_").replace(
-            "  on_leave:", "  skip_unchanged: false\n  on_leave:"
-        )
-    )
+    spec_file = write_spec(tmp_path, found, "  skip_unchanged: false\n")
     spec = load_spec(spec_file)
     one_run(spec, spec_file, found, stripe_client, tmp_path / "run1")
     second = one_run(spec, spec_file, found, stripe_client, tmp_path / "run2")
@@ -312,9 +314,7 @@ def test_a_column_postgresql_cannot_hash_turns_the_shortcut_off(
     warehouse.sql(f"ALTER TABLE {warehouse.table} ADD COLUMN extra json")
     for row in ROWS[:2]:
         warehouse.sql(f"INSERT INTO {warehouse.table} VALUES (?, ?, ?, ?, '{{}}')", *row)
-    spec_file = tmp_path / "pipelines" / "inputs.yaml"
-    spec_file.parent.mkdir()
-    spec_file.write_text(SPEC.format(table=warehouse.table, prefix=warehouse.prefix))
+    spec_file = write_spec(tmp_path, warehouse)
     spec = load_spec(spec_file)
     one_run(spec, spec_file, warehouse, stripe_client, tmp_path / "run1")
     with caplog.at_level(logging.WARNING):
@@ -328,13 +328,9 @@ def test_a_run_without_digests_leaves_no_stale_one(
 ) -> None:
     """A run that read without digests (a CLI run, a fallback) and wrote a profile clears its digest:
     when the row later returns to what the old digest described, the profile is read and sent."""
-    path = tmp_path / "warehouse.sqlite"
-    found = Warehouse(lambda: sqlite3.connect(path, check_same_thread=False), "sqlite", "?", "profiles")
-    found.sql("CREATE TABLE profiles (id INTEGER PRIMARY KEY, email TEXT, name TEXT, plan TEXT)")
+    found = sqlite_warehouse(tmp_path)
     found.sql("INSERT INTO profiles VALUES (?, ?, ?, ?)", *ROWS[0])
-    spec_file = tmp_path / "pipelines" / "inputs.yaml"
-    spec_file.parent.mkdir()
-    spec_file.write_text(SPEC.format(table="profiles", prefix="krenalis_"))
+    spec_file = write_spec(tmp_path, found)
     spec = load_spec(spec_file)
     one_run(spec, spec_file, found, stripe_client, tmp_path / "run1")
     one_run(spec, spec_file, found, stripe_client, tmp_path / "run2")  # the account is known: digests on
@@ -353,14 +349,10 @@ def test_a_reconciliation_due_after_a_partial_read_waits_for_the_next_run(
     """The extract step read only what changed; a reconciliation falling due before the upsert
     would check those alone and mark the destination reconciled: it waits for the next run,
     whose extract step reads every profile."""
-    path = tmp_path / "warehouse.sqlite"
-    found = Warehouse(lambda: sqlite3.connect(path, check_same_thread=False), "sqlite", "?", "profiles")
-    found.sql("CREATE TABLE profiles (id INTEGER PRIMARY KEY, email TEXT, name TEXT, plan TEXT)")
+    found = sqlite_warehouse(tmp_path)
     for row in ROWS[:3]:
         found.sql("INSERT INTO profiles VALUES (?, ?, ?, ?)", *row)
-    spec_file = tmp_path / "pipelines" / "inputs.yaml"
-    spec_file.parent.mkdir()
-    spec_file.write_text(SPEC.format(table="profiles", prefix="krenalis_"))
+    spec_file = write_spec(tmp_path, found)
     spec = load_spec(spec_file)
     one_run(spec, spec_file, found, stripe_client, tmp_path / "run1")  # reconciles: the first run
 
@@ -372,3 +364,19 @@ def test_a_reconciliation_due_after_a_partial_read_waits_for_the_next_run(
     whole = one_run(spec, spec_file, found, stripe_client, tmp_path / "run3")
     assert len(whole.read) == 3 and whole.calls == {"customers.list": 1}  # it reconciles now
     assert one_run(spec, spec_file, found, stripe_client, tmp_path / "run4").read == []
+
+
+def test_the_seed_follows_a_python_transformation_module_but_not_inline_code(tmp_path: Path) -> None:
+    (tmp_path / "shapes.py").write_text("def transform(profile):\n    return {'name': profile['name']}\n")
+    spec_file = tmp_path / "pipelines" / "inputs.yaml"
+    spec_file.parent.mkdir()
+    text = SPEC.format(table="profiles", prefix="krenalis_")
+    mapping = "  mapping:\n    name: name\n    metadata.plan: plan\n"
+    spec_file.write_text(text.replace(mapping, "  python: shapes:transform\n"))
+    spec = load_spec(spec_file)
+    before = spec_seed(spec, [tmp_path])
+    assert python_source("shapes:transform", [tmp_path]).startswith(b"def transform")
+    (tmp_path / "shapes.py").write_text("def transform(profile):\n    return {'name': profile['email']}\n")
+    assert spec_seed(spec, [tmp_path]) != before  # an edit of the module reads every profile again
+    inline = "def transform(profile):\n    return {'name': 'x' * 5000}\n" * 40  # no file name this long
+    assert python_source(inline, [tmp_path]) == b""
