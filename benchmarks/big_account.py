@@ -489,10 +489,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         lines = [*section(results, args.customers), "| target | measured | |", "|---|---|---|", *rows, ""]
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-        lines.insert(
-            -1,
-            f"Run alone on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores, load average {load} at the end.",
-        )
+        when = f"Measured on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores, load average {load} at the end."
+        lines[-1:-1] = ["", when]
         update_report(HERE / "REPORT.md", lines, ("<!-- big-account:begin -->", "<!-- big-account:end -->"))
     return 0
 

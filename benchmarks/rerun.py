@@ -470,10 +470,8 @@ def main(argv: list[str] | None = None) -> None:
         ]
         lines = [*lines, "| target | measured | |", "|---|---|---|", *rows, ""]
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-        lines.insert(
-            -1,
-            f"Run alone on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores, load average {load} at the end.",
-        )
+        when = f"Measured on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores, load average {load} at the end."
+        lines[-1:-1] = ["", when]
         update_report(
             Path(__file__).parent / "REPORT.md", lines, ("<!-- rerun:begin -->", "<!-- rerun:end -->")
         )
