@@ -436,6 +436,28 @@ def section(results: Sequence[ParseResult]) -> list[str]:
     return [*lines, ""]
 
 
+MARKERS = ("<!-- parse:begin -->", "<!-- parse:end -->")
+
+
+def update(report: Path, results: Sequence[ParseResult]) -> None:
+    """This run's section and target rows into ``report``, with the machine and its load."""
+    from benchmarks.sections import measured_on, update_report, update_target_rows
+
+    rows = targets(results)
+    lines = section(results)[:-1]
+    lines += [
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+        *(f"| {name} | {value} | {'met' if ok else '**missed**'} |" for name, value, ok in rows),
+        "",
+        measured_on("python -m benchmarks.parse --update-report"),
+        "",
+    ]
+    update_report(report, lines, MARKERS)
+    update_target_rows(report, rows)
+
+
 def summary(results: Sequence[ParseResult]) -> str:
     """Milliseconds per spec of each DAG file at each size, and the target."""
     sizes = sorted({r.specs for r in results})
@@ -470,6 +492,11 @@ def main(argv: list[str] | None = None) -> int:
         "--importtime", action="store_true", help="also print the slowest imports of each parse"
     )
     parser.add_argument("--json", type=Path, help="write the results to this file as JSON")
+    parser.add_argument(
+        "--update-report",
+        action="store_true",
+        help="put the section into REPORT.md (and its rows of the Targets table)",
+    )
     parser.add_argument("--work-dir", type=Path, help="where the specs go (a temporary folder)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -481,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(results))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    if args.update_report:
+        update(Path(__file__).parent / "REPORT.md", results)
     return 1 if any(r.error for r in results) else 0
 
 

@@ -137,7 +137,8 @@ def render(
     parts += shared_limit.section(context.shared_runs)
     parts += big_account.section(context.big_account)
     parts += rerun.section(context.reruns)
-    parts += parse.section(context.parsing)
+    if context.parsing:  # between markers: ``python -m benchmarks.parse --update-report`` replaces it
+        parts += [parse.MARKERS[0], *parse.section(context.parsing)[:-1], parse.MARKERS[1], ""]
     parts += ["## Machine, versions, options", "", "| | |", "|---|---|"]
     parts += [f"| {name} | {value} |" for name, value in context.machine]
     return "\n".join(parts) + "\n"

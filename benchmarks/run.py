@@ -13,7 +13,6 @@ import os
 import platform
 import shlex
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 from krenalis_airflow.core.ratelimit import Limits
 from support.fault_proxy import Latency
 
-from . import api, big_account, parse, report, rerun, shared_limit, stages
+from . import api, big_account, parse, report, rerun, sections, shared_limit, stages
 
 HERE = Path(__file__).resolve().parent
 QUICK = {"profiles": 500, "sample": 50, "local_rows": 100_000, "pg_rows": 20_000}
@@ -307,14 +306,7 @@ def _postgres_version(args: argparse.Namespace) -> str:
 
 
 def _git() -> str:
-    def git(*command: str) -> str:
-        done = subprocess.run(["git", *command], cwd=HERE, capture_output=True, text=True, check=False)
-        return done.stdout.strip()
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    outputs = (":(exclude,top)benchmarks/REPORT.md", ":(exclude,top)benchmarks/chart.png")  # this run's own
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":/", *outputs)
-    return commit + (" with uncommitted changes" if dirty else "")
+    return sections.commit()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import stripe
 
+from benchmarks.sections import update_report
 from support.fault_proxy import FaultConfig, FaultProxy, Latency, RateLimits
 from support.localstripe_process import STRIPE_TEST_KEY, LocalStripe
 from support.pipeline_process import run_pipelines
@@ -164,23 +165,6 @@ def section(runs: Sequence[SharedRun]) -> list[str]:
     return lines
 
 
-def update_report(report: Path, lines: Sequence[str], markers: tuple[str, str] = (BEGIN, END)) -> None:
-    """Put a section into ``report`` between its ``markers`` (before the machine section if new):
-    one benchmark rerun alone updates its own section of ``REPORT.md``."""
-    BEGIN, END = markers
-    block = "\n".join([BEGIN, *lines, END])
-    text = report.read_text()
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    elif "## Machine" in text:
-        head, tail = text.split("## Machine", 1)
-        text = f"{head}{block}\n\n## Machine{tail}"
-    else:
-        text = f"{text.rstrip()}\n\n{block}\n"
-    report.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     """The command line above."""
     parser = argparse.ArgumentParser(
@@ -201,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.update_report:
         when = datetime.now(UTC).isoformat(timespec="seconds")
         note = f"Measured by `{' '.join(['python -m benchmarks.shared_limit', *(argv or sys.argv[1:])])}` on {when}, apart from the rest of this report."
-        update_report(args.report, [*lines[:2], note, "", *lines[2:]])
+        update_report(args.report, [*lines[:2], note, "", *lines[2:]], (BEGIN, END))
         print(f"updated {args.report}")
     return 0
 

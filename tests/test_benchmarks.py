@@ -79,3 +79,24 @@ def test_the_parse_benchmark_parses_both_dag_files_as_airflow_does(tmp_path: Pat
     assert factory.import_wall > 0 and factory.rss_peak > factory.rss_before > 0
     assert "krenalis_airflow" in factory.packages and factory.unneeded == []  # no stripe, requests…
     assert "| `krenalis_pipelines.py` | 7 (1) |" in "\n".join(parse.section(results))
+
+
+def test_a_benchmark_run_alone_replaces_its_section_and_its_target_rows(tmp_path: Path) -> None:
+    from benchmarks.sections import measured_on, update_report, update_target_rows
+
+    report = tmp_path / "REPORT.md"
+    report.write_text(
+        "# Benchmarks\n\n## Targets\n\n| target | measured | |\n|---|---|---|\n"
+        "| Parse ≤ 3 ms | 4.00 ms | **missed** |\n| Other | 1 | met |\n\n"
+        "<!-- x:begin -->\n## X\n\nold figures\n<!-- x:end -->\n\n## Machine, versions, options\n"
+    )
+    update_report(report, ["## X", "", "new figures"], ("<!-- x:begin -->", "<!-- x:end -->"))
+    update_report(report, ["## Y", "", "first time"], ("<!-- y:begin -->", "<!-- y:end -->"))
+    update_target_rows(report, [("Parse ≤ 3 ms", "1.50 ms", True), ("Not in the table", "2", False)])
+    text = report.read_text()
+    assert "old figures" not in text and "<!-- x:begin -->\n## X\n\nnew figures\n<!-- x:end -->" in text
+    assert text.index("## Y") < text.index("## Machine")  # a new section goes before the machine's
+    assert "| Parse ≤ 3 ms | 1.50 ms | met |\n| Other | 1 | met |\n" in text
+    assert "Not in the table" not in text  # only rows already there are replaced
+    line = measured_on("python -m benchmarks.parse --update-report")
+    assert line.startswith("Measured on ") and "`python -m benchmarks.parse --update-report` at " in line
