@@ -15,6 +15,7 @@ Python ``transform``. Two figures for each:
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -59,11 +60,11 @@ def main() -> None:
         "python": PythonTransformer(PYTHON),
     }
     print(f"{len(profiles):,} profiles in batches of {args.batch_size:,}")
+    settings = TransformSettings.of(spec)
     for name, transformer in transformers.items():
-        alone = _rate(lambda t=transformer: _transform_all(t, batches), len(profiles))
+        alone = _rate(functools.partial(_transform_all, transformer, batches), len(profiles))
         step = _rate(
-            lambda t=transformer: _step(t, profiles, TransformSettings.of(spec), args.batch_size),
-            len(profiles),
+            functools.partial(_step, transformer, profiles, settings, args.batch_size), len(profiles)
         )
         verdict = "met" if alone >= TARGETS[name] else "NOT met"
         print(
@@ -78,7 +79,7 @@ def _transform_all(transformer: Transformer, batches: Sequence[list[dict[str, An
 
 
 def _step(
-    transformer: Transformer, profiles: list[Mapping[str, Any]], settings: TransformSettings, size: int
+    transformer: Transformer, profiles: Sequence[Mapping[str, Any]], settings: TransformSettings, size: int
 ) -> None:
     for _ in transform_profiles(profiles, transformer, settings, batch_size=size):
         pass
