@@ -408,6 +408,13 @@ def _order_by(key: str, order: tuple[str, bool] | None, dialect: Dialect, qualif
     return ", ".join(terms)
 
 
+def _qualified(extraction: Extraction, names: Sequence[str], placeholder: str) -> list[str]:
+    """``names`` quoted for the extraction's dialect and qualified with ``f.``, the alias the
+    digest queries (``core/inputs.py``) give the filtered source."""
+    quoting = sql_dialect(extraction.dialect, placeholder)
+    return [f"f.{quote_identifier(name, quoting)}" for name in names]
+
+
 def with_digests(
     extraction: Extraction,
     source: Source,
@@ -416,10 +423,9 @@ def with_digests(
     placeholder: str,
 ) -> tuple[str, list[Any]]:
     """The extraction joined with the ledger (``inputs.digests_sql``) and its parameters."""
-    quoting = sql_dialect(extraction.dialect, placeholder)
-    columns = [f"f.{quote_identifier(column, quoting)}" for column in extraction.columns]
-    key = f"f.{quote_identifier(source.key, quoting)}"
-    order_sql = _order_by(source.key, order, quoting, qualifier="f.")
+    [key] = _qualified(extraction, [source.key], placeholder)
+    order_sql = _order_by(source.key, order, sql_dialect(extraction.dialect, placeholder), qualifier="f.")
+    columns = _qualified(extraction, extraction.columns, placeholder)
     sql = digests_sql(extraction.body, columns, key, order_sql, extraction.dialect, inputs, placeholder)
     return sql, [*extraction.params, inputs.pipeline_id]
 
@@ -428,9 +434,8 @@ def changed_keys_sql(
     extraction: Extraction, source: Source, inputs: Incremental, placeholder: str, limit: int
 ) -> tuple[str, list[Any]]:
     """The query of the keys that may have changed (``inputs.changed_sql``) and its parameters."""
-    quoting = sql_dialect(extraction.dialect, placeholder)
-    columns = [f"f.{quote_identifier(column, quoting)}" for column in extraction.columns]
-    key = f"f.{quote_identifier(source.key, quoting)}"
+    [key] = _qualified(extraction, [source.key], placeholder)
+    columns = _qualified(extraction, extraction.columns, placeholder)
     sql = changed_sql(extraction.body, columns, key, extraction.dialect, inputs, placeholder, limit)
     return sql, [*extraction.params, inputs.pipeline_id, inputs.destination]
 
@@ -439,7 +444,6 @@ def leaving_sql(
     extraction: Extraction, source: Source, inputs: Incremental, placeholder: str
 ) -> tuple[str, list[Any]]:
     """The query of the keys that left the audience (``inputs.leavers_sql``) and its parameters."""
-    quoting = sql_dialect(extraction.dialect, placeholder)
-    key = f"f.{quote_identifier(source.key, quoting)}"
+    [key] = _qualified(extraction, [source.key], placeholder)
     sql = leavers_sql(extraction.body, key, extraction.dialect, inputs, placeholder)
     return sql, [inputs.pipeline_id, inputs.destination, *extraction.params]
