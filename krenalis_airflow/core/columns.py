@@ -22,8 +22,7 @@ from krenalis_airflow.core.conditions import Kind
 from krenalis_airflow.core.extract import SourceColumns, filter_columns, probe_source, source_problems
 from krenalis_airflow.core.filters import POSTGRESQL, SQLITE, filter_problems, unknown_column_message
 from krenalis_airflow.core.filters import value_problems as filter_value_problems
-from krenalis_airflow.core.spec import PipelineSpec, Transformation
-from krenalis_airflow.core.spec import _index_lines as index_lines
+from krenalis_airflow.core.spec import MAX_SPEC_NODES, PipelineSpec, Transformation, index_lines
 from krenalis_airflow.core.transform.mapping import variables
 from krenalis_airflow.exceptions import SpecError, SpecProblem
 
@@ -151,7 +150,7 @@ def spec_lines(spec_file: str | Path) -> Lines:
         return {}
     lines: Lines = {}
     if node is not None:
-        index_lines(node, (), lines, [])
+        index_lines(node, (), lines, [], [MAX_SPEC_NODES])
     return lines
 
 

@@ -37,6 +37,11 @@ from krenalis_airflow.core.transform.python import source_problems as python_pro
 from krenalis_airflow.exceptions import KeyedError, SpecError, SpecProblem
 
 PIPELINE_ID = r"^[a-z][a-z0-9_]*$"
+# A spec is a few hundred YAML nodes (a 2,000-field mapping ~4,000). Past this many, counted with
+# every alias expanded, it is refused before validation walks it: a few nested aliases
+# ("billion laughs") would otherwise keep the DAG file busy past its import timeout, and that
+# timeout hides every pipeline of the folder, not only this one.
+MAX_SPEC_NODES = 100_000
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 INTERVALS = {
@@ -559,7 +564,12 @@ def parse_spec(
         raise SpecError(source, [SpecProblem("", "a spec is a YAML mapping (source: …, export: …, …)", 1)])
     lines: dict[tuple[str | int, ...], int] = {}
     duplicates: list[SpecProblem] = []
-    _index_lines(node, (), lines, duplicates)
+    if not index_lines(node, (), lines, duplicates, [MAX_SPEC_NODES]):
+        message = (
+            f"the spec expands to more than {MAX_SPEC_NODES:,} YAML nodes, counting each use of an "
+            "alias (*name) in full: write the values out, or use fewer nested aliases"
+        )
+        raise SpecError(source, [SpecProblem("", message, 1)])
     if duplicates:
         raise SpecError(source, duplicates)
     problems = []
@@ -645,12 +655,18 @@ def _cascade(err: Any) -> bool:
     return err["type"] == "too_short" and isinstance(err.get("input"), list | tuple) and bool(err["input"])
 
 
-def _index_lines(
+def index_lines(
     node: yaml.Node,
     path: tuple[str | int, ...],
     lines: dict[tuple[str | int, ...], int],
     duplicates: list[SpecProblem],
-) -> None:
+    budget: list[int],
+) -> bool:
+    """Record each key path's line and every key given twice; False (and stop) once more than
+    ``budget[0]`` nodes were walked, aliases expanded (see ``MAX_SPEC_NODES``)."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        return False
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
@@ -661,11 +677,14 @@ def _index_lines(
                     SpecProblem(_dotted((*path, key)), "key given twice", key_node.start_mark.line + 1)
                 )
             seen.add(key)
-            _index_lines(value_node, (*path, key), lines, duplicates)
+            if not index_lines(value_node, (*path, key), lines, duplicates, budget):
+                return False
             lines[(*path, key)] = key_node.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _index_lines(item, (*path, index), lines, duplicates)
+            if not index_lines(item, (*path, index), lines, duplicates, budget):
+                return False
+    return True
 
 
 def _problem(err: Any, data: Any, lines: dict[tuple[str | int, ...], int]) -> SpecProblem:

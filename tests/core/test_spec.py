@@ -686,6 +686,24 @@ def test_tab_indentation_is_a_syntax_error(tmp_path: Path) -> None:
     assert problem.message.startswith("not valid YAML") and problem.line == line_of(text, "\tmode")
 
 
+@pytest.mark.timeout(60)  # without the node budget, walking this spec takes hours
+def test_nested_aliases_are_refused_before_they_are_walked(tmp_path: Path) -> None:
+    bomb = "x0: &x0 [a, a, a, a, a, a, a, a, a, a]\n" + "".join(
+        f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 10)}]\n" for i in range(1, 9)
+    )  # 10^9 nodes once every alias is expanded, 90 as written
+    _, problem = only_problem(tmp_path, EXAMPLE + bomb)
+    assert (problem.line, problem.path) == (1, "")
+    assert "more than 100,000 YAML nodes" in problem.message and "aliases" in problem.message
+
+
+def test_a_few_aliases_are_fine(tmp_path: Path) -> None:
+    text = edit("description: Paying EU customers", "description: &mode create_and_update")
+    spec = tmp_path / "eu_paying_customers.yaml"
+    spec.write_text(edit("  mode: create_and_update", "  mode: *mode", text))
+    loaded = load_spec(spec)
+    assert (loaded.description, loaded.export.mode) == ("create_and_update", "create_and_update")
+
+
 @pytest.mark.parametrize(
     "text", ["", "# only a comment\n", "- a list\n- of things\n", "just a string\n", "42\n"]
 )
