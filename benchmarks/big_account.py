@@ -9,20 +9,24 @@ would. Each scenario runs the upsert's core (``core.run.sync_records``: ``Destin
 ``Ledger`` + ``Syncer``, on ``StripeCustomers``) in **a process of its own**, whose peak RSS
 (``VmHWM``) is the sync's. Scenarios, in order, on one account (what one creates, the next sees):
 
-a. matching by ``metadata.profile_id``: Stripe cannot look metadata up (its search lags), so the
-   engine must list the account once;
+a. matching by ``metadata.profile_id``, a first run: Stripe cannot look metadata up (its search
+   lags), so the engine lists the account once, recording every customer's profile id in the
+   state store's value index as it goes (``Destinations``);
 b. matching by ``id`` (``update_only``), 1,000 existing ids, the account's size known from (a):
    1,000 retrieves beat 10,000 pages;
 c. matching by ``email``, a first run (no listing recorded in its state store): one listing, the
-   only safe way: Stripe's email filter is exact and case-sensitive, so a lookup of
-   ``ann@x.com`` misses ``Ann@X.com`` until a listing has seen which emails are stored so;
-d. a second batch of 1,000 new emails on (c)'s state store: the size is known, so one lookup per
-   miss (1,000) should beat the listing. Some existing customers' emails differ in case from the
-   warehouse's (Stripe's email filter is case-sensitive): a lookup that misses them creates a duplicate.
+   only safe way, recording every customer's normalised email;
+d. a second batch of 1,000 new emails on (c)'s state store: no listing and no email lookup (Stripe's
+   ``email=`` filter is exact and case-sensitive: it would miss ``Ann@X.com`` for ``ann@x.com``).
+   The misses are looked up in (c)'s value index, Stripe's customer events since (c) tell what
+   changed, and only the candidates are retrieved: reads = event pages + a few retrieves. Some
+   existing customers' emails differ in case from the warehouse's: one not found is a duplicate;
+e. a second batch of 1,000 new profile ids on (a)'s state store (after (b)'s updates): the same,
+   for a metadata field.
 
-Target per scenario: peak RSS < 300 MB; reads (list pages, email lookups, retrieves, events
-pages) ≤ min(misses, pages) when Stripe can look the field up safely, else ≤ pages; no duplicate
-customer (checked at the double).
+Target per scenario: peak RSS < 300 MB; reads (list pages, retrieves, events pages) ≤ min(misses,
+pages) when the field can be found without listing (an id by retrieve; an email or metadata value
+once a listing recorded the value index), else ≤ pages; no duplicate customer (checked at the double).
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ class Plan:
     stripe_field: str
     mode: str
     state: str  # which state store (ledger, destinations): scenarios sharing one see each other's
-    lookups: bool  # whether Stripe can look the field up one value at a time, safely
+    lookups: bool  # whether the field can be found without listing (retrieve, or the value index)
     records: str = ""  # the JSONL file, written by the parent
 
 
@@ -101,7 +105,7 @@ class BigResult:
 
     @property
     def reads(self) -> int:
-        """Reads at the double: list pages, email lookups, retrieves, and events read."""
+        """Reads at the double: list pages, retrieves, and events read."""
         return sum(n for endpoint, n in self.calls.items() if endpoint.startswith(READS))
 
     @property
@@ -134,7 +138,15 @@ PLANS = (
     Plan("a", "metadata.profile_id, first run", "metadata.profile_id", "create_and_update", "ab", False),
     Plan("b", "id (update_only), size known", "id", "update_only", "ab", True),
     Plan("c", "email, first run (no listing recorded)", "email", "create_and_update", "cd", False),
-    Plan("d", "email, second batch (size known)", "email", "create_and_update", "cd", True),
+    Plan("d", "email, second batch (value index recorded)", "email", "create_and_update", "cd", True),
+    Plan(
+        "e",
+        "metadata.profile_id, second batch (value index recorded)",
+        "metadata.profile_id",
+        "create_and_update",
+        "ab",
+        True,
+    ),
 )
 
 
@@ -155,17 +167,23 @@ def make_records(plan: Plan, customers: int, odd_case: Sequence[int]) -> list[An
     def record(key: str, value: str, payload: dict[str, Any]) -> Record:
         return Record(key, normalise_match(plan.stripe_field, value), value, payload)
 
-    if plan.key == "a":
+    if plan.key in ("a", "e"):
+        first = customers + (NEW if plan.key == "e" else 0)  # (e)'s new ids follow (a)'s
         new = [
-            record(f"a-new-{j}", str(customers + j), {"email": f"a-new-{j}@example.net", "name": f"A {j}"})
+            record(
+                f"{plan.key}-new-{j}",
+                str(first + j),
+                {"email": f"{plan.key}-new-{j}@example.net", "name": f"{plan.key.upper()} {j}"},
+            )
             for j in range(NEW)
         ]
+        offset = 11 if plan.key == "a" else 29
         same = [
             record(str(i), str(i), {"email": base_email(i), "name": f"Person {i}"})
-            for i in _spread(customers, 5, 11)
+            for i in _spread(customers, 5, offset)
             if i not in odd_case
         ]
-        edited = [record(str(i), str(i), {"name": f"Renamed {i}"}) for i in _spread(customers, 5, 13)]
+        edited = [record(str(i), str(i), {"name": f"Renamed {i}"}) for i in _spread(customers, 5, offset + 2)]
         return [*new, *same, *edited]
     if plan.key == "b":
         return [record(f"b-{i}", base_id(i), {"metadata.plan": "gold"}) for i in _spread(customers, NEW, 17)]
@@ -390,12 +408,12 @@ def section(results: Sequence[BigResult], customers: int | None = None) -> list[
         "another case than the warehouse. No latency and no rate limit: the wall time is the engine's own "
         f"cost (at Stripe's {TEST_MODE_READS} reads/s in test mode the reads alone take at least the last "
         "column). Targets: peak RSS (`VmHWM` of the scenario's process) "
-        f"< {TARGET_RSS_MB} MB; reads (list pages, email lookups, retrieves and events pages) ≤ min(misses, "
-        "pages) when Stripe can look the field up one value at a time, safely (id: retrieve; email: "
-        "`customers.list?email=`, once a listing has seen which emails are stored in another case, as the "
-        "filter is case-sensitive), else ≤ the pages of one listing (metadata: the search API lags up to an "
-        "hour and is never used; email on a first run); no two customers with one normalised email or "
-        "profile id.",
+        f"< {TARGET_RSS_MB} MB; reads (list pages, retrieves and events pages) ≤ min(misses, "
+        "pages) when the field can be found without listing (id: one retrieve each; email or metadata: "
+        "the value index the last whole listing recorded in the state store, Stripe's customer events "
+        "since it, and a retrieve per candidate; never `customers.list?email=`, exact and case-sensitive, "
+        "nor the search API, which lags up to an hour), else ≤ the pages of one listing (a first run by "
+        "email or metadata); no two customers with one normalised email or profile id.",
         "",
         "| scenario | calls at the double | reads (target) | created | updated | unchanged / skipped | "
         "duplicates | peak RSS | wall | reads at 25/s | |",

@@ -11,24 +11,34 @@ ledger is re-verified once against Stripe rather than trusted).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import logging
+import secrets
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+log = logging.getLogger(__name__)
 KEY_PREFIX = "key:"
-TOO_MANY = -1  # ``stripe_listings.odd_emails`` when a listing found more odd emails than it keeps
+VALUES_BATCH = 5_000  # value index rows written per transaction (SQLite is locked only that long)
+LOOKUP_BATCH = 500  # values looked up per ``IN (...)`` query (SQLite allows 999 parameters at least)
+ABANDONED = timedelta(days=1)  # a generation still being written after this is a crashed listing's
+# The states of a generation (``stripe_value_listings.state``): written batch by batch, then made
+# the current one in one short transaction; the one it replaces, and one abandoned, are marked
+# dropping (never read again) before their rows are deleted, a chunk per transaction.
+WRITING, CURRENT, REPLACED, DROPPING = "writing", "current", "replaced", "dropping"
 
 
 @dataclass(frozen=True)
-class WholeListing:
-    """What a whole listing of a destination saw that makes exact ``email=`` lookups safe after it
-    (``Syncer._email_index``): Stripe's ``email=`` filter is case-sensitive, so every customer whose
-    stored email is not in matching form (upper case, surrounding spaces) must be known another way:
-    those the listing saw are kept here, those written since are in the events after ``started``."""
+class ValueListing:
+    """A complete generation of the value index: every customer of ``destination`` by its
+    normalised ``field`` value, as a whole listing saw it. Writes since are in Stripe's customer
+    events after ``started`` (``Syncer._recorded_index``)."""
 
+    destination: str
+    field: str  # email | metadata.<key>
+    generation: int
     started: datetime  # when the listing began, less a margin for clocks (UTC)
-    odd_emails: tuple[tuple[str, str], ...] | None  # (normalised email, customer id); None: too many
 
 
 def key_fingerprint(api_key: str, api_base: str) -> str:
@@ -50,9 +60,17 @@ class Destinations:
     (``GET /v1/account``) and never again: a rerun costs no read. ``<prefix>reconciled``: when
     each pipeline last reconciled its ledger with each destination (see ``reconcile_due``), and how
     many customers that destination held when last listed whole (what a listing would cost: the
-    sync weighs it against one lookup per miss). ``<prefix>stripe_listings`` and
-    ``<prefix>stripe_odd_emails``: when that listing began and the customers whose email it saw
-    stored in a form other than the matching one (``WholeListing``), replaced by each listing.
+    sync weighs it against one lookup per miss).
+
+    The value index, a mirror of what the last whole listing saw: ``<prefix>stripe_value_listings``
+    has one row per generation (destination, matching field, when its listing began, state) and
+    ``<prefix>stripe_values`` the generation's (normalised value, customer id) pairs, indexed by
+    (destination, field, generation, value). A listing writes a new generation in batches of
+    ``VALUES_BATCH``, each committed, so other pipelines can write their ledgers meanwhile; readers
+    see only a generation made current, in one short transaction, once complete (the later switch
+    wins when two listings run at once). Each switch then drops the generations it replaced and
+    those abandoned for ``ABANDONED``, never one still being written. The older
+    ``<prefix>stripe_listings`` and ``<prefix>stripe_odd_emails`` are no longer used.
     A dry run (``writable=False``) reads what is there and writes nothing.
     """
 
@@ -63,8 +81,8 @@ class Destinations:
         self.accounts = f"{table_prefix}stripe_accounts"
         self.reconciled = f"{table_prefix}reconciled"
         self.sizes = f"{table_prefix}stripe_sizes"
-        self.listings = f"{table_prefix}stripe_listings"
-        self.odd_emails = f"{table_prefix}stripe_odd_emails"
+        self.listings = f"{table_prefix}stripe_value_listings"
+        self.values = f"{table_prefix}stripe_values"
         if writable:
             self._execute(
                 f"CREATE TABLE IF NOT EXISTS {self.accounts} (fingerprint VARCHAR(64) NOT NULL PRIMARY KEY,"
@@ -80,13 +98,18 @@ class Destinations:
                 " customers INTEGER NOT NULL, listed_at VARCHAR(40) NOT NULL)"
             )
             self._execute(
-                f"CREATE TABLE IF NOT EXISTS {self.listings} (destination VARCHAR(64) NOT NULL PRIMARY KEY,"
-                " started_at VARCHAR(40) NOT NULL, odd_emails INTEGER NOT NULL)"
+                f"CREATE TABLE IF NOT EXISTS {self.listings} (generation BIGINT NOT NULL PRIMARY KEY,"
+                " destination VARCHAR(64) NOT NULL, stripe_field VARCHAR(255) NOT NULL,"
+                " state VARCHAR(16) NOT NULL, started_at VARCHAR(40) NOT NULL, begun_at VARCHAR(40) NOT NULL)"
             )
             self._execute(
-                f"CREATE TABLE IF NOT EXISTS {self.odd_emails} (destination VARCHAR(64) NOT NULL,"
-                " email VARCHAR(512) NOT NULL, customer_id VARCHAR(255) NOT NULL,"
-                " PRIMARY KEY (destination, customer_id))"
+                f"CREATE TABLE IF NOT EXISTS {self.values} (destination VARCHAR(64) NOT NULL,"
+                " stripe_field VARCHAR(255) NOT NULL, generation BIGINT NOT NULL,"
+                " value VARCHAR(512) NOT NULL, customer_id VARCHAR(255) NOT NULL)"
+            )
+            self._execute(
+                f"CREATE INDEX IF NOT EXISTS {self.values}_lookup"
+                f" ON {self.values} (destination, stripe_field, generation, value)"
             )
             self._conn.commit()
 
@@ -133,48 +156,84 @@ class Destinations:
             values = (destination, customers, _now())
             self._upsert(self.sizes, ("destination", "customers", "listed_at"), values)
 
-    def last_listing(self, destination: str) -> WholeListing | None:
-        """What the last whole listing of ``destination`` saw (None: never listed whole)."""
+    def value_listing(self, destination: str, field: str) -> ValueListing | None:
+        """The current generation of the value index of ``destination`` by ``field`` (None: no
+        whole listing of it recorded yet, or a dry run before any run)."""
         rows = self._rows(
-            f"SELECT started_at, odd_emails FROM {self.listings} WHERE destination = {self._ph}", destination
+            f"SELECT generation, started_at FROM {self.listings} WHERE destination = {self._ph}"
+            f" AND stripe_field = {self._ph} AND state = {self._ph} ORDER BY begun_at DESC",
+            destination,
+            field,
+            CURRENT,
         )
         if not rows:
             return None
-        started, count = datetime.fromisoformat(str(rows[0][0])), int(rows[0][1])
-        if count == TOO_MANY:
-            return WholeListing(started, None)
-        odd = self._rows(
-            f"SELECT email, customer_id FROM {self.odd_emails} WHERE destination = {self._ph}", destination
-        )
-        return WholeListing(started, tuple((str(email), str(customer)) for email, customer in odd))
+        generation, started = rows[0]
+        return ValueListing(destination, field, int(generation), datetime.fromisoformat(str(started)))
 
-    def record_listing(self, destination: str, listing: WholeListing) -> None:
-        """Replace what the last whole listing of ``destination`` saw, in one transaction (never in a
-        dry run). Two runs recording at once leave the union of their odd emails: more than needed,
-        never fewer."""
-        if not self._writable:
-            return
-        odd = listing.odd_emails
+    def listed_values(self, listing: ValueListing, values: Collection[str]) -> dict[str, list[str]] | None:
+        """The customer ids ``listing`` saw with each of ``values`` (absent: none), in batches of
+        ``LOOKUP_BATCH``; None when the generation was dropped meanwhile (replaced by a newer
+        listing: what was read may be partial, ask again)."""
+        found: dict[str, list[str]] = {}
+        wanted = sorted(values)
         cursor = self._conn.cursor()
         try:
-            cursor.execute(f"DELETE FROM {self.odd_emails} WHERE destination = {self._ph}", (destination,))
-            if odd:
-                cursor.executemany(
-                    f"INSERT INTO {self.odd_emails} (destination, email, customer_id)"
-                    f" VALUES ({self._ph}, {self._ph}, {self._ph})"
-                    " ON CONFLICT (destination, customer_id) DO UPDATE SET email = excluded.email",
-                    [(destination, email, customer) for email, customer in odd],
+            for start in range(0, len(wanted), LOOKUP_BATCH):
+                batch = wanted[start : start + LOOKUP_BATCH]
+                cursor.execute(
+                    f"SELECT value, customer_id FROM {self.values} WHERE destination = {self._ph}"
+                    f" AND stripe_field = {self._ph} AND generation = {self._ph}"
+                    f" AND value IN ({', '.join([self._ph] * len(batch))})",
+                    (listing.destination, listing.field, listing.generation, *batch),
                 )
+                for value, customer_id in cursor.fetchall():
+                    found.setdefault(str(value), []).append(str(customer_id))
+            # A generation is marked dropping before any of its rows is deleted: still readable
+            # now, it was whole when read.
             cursor.execute(
-                f"INSERT INTO {self.listings} (destination, started_at, odd_emails)"
-                f" VALUES ({self._ph}, {self._ph}, {self._ph})"
-                " ON CONFLICT (destination) DO UPDATE SET started_at = excluded.started_at,"
-                " odd_emails = excluded.odd_emails",
-                (
-                    destination,
-                    listing.started.isoformat(timespec="seconds"),
-                    TOO_MANY if odd is None else len(odd),
-                ),
+                f"SELECT state FROM {self.listings} WHERE generation = {self._ph}", (listing.generation,)
+            )
+            state = cursor.fetchone()
+        finally:
+            cursor.close()
+        if self._writable:
+            self._conn.commit()  # end the read transaction (PostgreSQL): no lock held through the run
+        return found if state is not None and state[0] in (CURRENT, REPLACED) else None
+
+    def begin_values(self, destination: str, field: str, started: datetime) -> ValueWriter | None:
+        """A new generation of the value index of ``destination`` by ``field``, for a listing that
+        began at ``started``; None in a dry run (nothing is recorded)."""
+        if not self._writable:
+            return None
+        generation = secrets.randbits(62)
+        self._execute(
+            f"INSERT INTO {self.listings} (generation, destination, stripe_field, state, started_at, begun_at)"
+            f" VALUES ({self._ph}, {self._ph}, {self._ph}, {self._ph}, {self._ph}, {self._ph})",
+            (generation, destination, field, WRITING, started.isoformat(timespec="seconds"), _now()),
+        )
+        self._conn.commit()
+        return ValueWriter(self, destination, field, generation)
+
+    def _write_values(self, generation: int, rows: list[tuple[str, str, int, str, str]]) -> bool:
+        """One batch of a generation's rows, in a transaction of its own; False (nothing written)
+        when the generation is no longer being written (taken for abandoned and dropped). The
+        generation's row is locked first, so a cleanup marking it dropping waits for this batch
+        and then deletes it too: no row is ever left behind by a generation that is gone."""
+        marks = ", ".join([self._ph] * 5)
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(
+                f"UPDATE {self.listings} SET state = state WHERE generation = {self._ph} AND state = {self._ph}",
+                (generation, WRITING),
+            )
+            if cursor.rowcount != 1:
+                self._conn.rollback()
+                return False
+            cursor.executemany(
+                f"INSERT INTO {self.values} (destination, stripe_field, generation, value, customer_id)"
+                f" VALUES ({marks})",
+                rows,
             )
         except BaseException:
             self._conn.rollback()
@@ -182,12 +241,87 @@ class Destinations:
         finally:
             cursor.close()
         self._conn.commit()
+        return True
+
+    def _switch(self, destination: str, field: str, generation: int) -> bool:
+        """Make ``generation`` the current one, in one short transaction; False when it was
+        dropped meanwhile (written for longer than ``ABANDONED``): the current one stays."""
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(
+                f"UPDATE {self.listings} SET state = {self._ph} WHERE generation = {self._ph} AND state = {self._ph}",
+                (CURRENT, generation, WRITING),
+            )
+            if cursor.rowcount != 1:
+                self._conn.rollback()
+                return False
+            cursor.execute(
+                f"UPDATE {self.listings} SET state = {self._ph} WHERE destination = {self._ph}"
+                f" AND stripe_field = {self._ph} AND state = {self._ph} AND generation <> {self._ph}",
+                (REPLACED, destination, field, CURRENT, generation),
+            )
+        except BaseException:
+            self._conn.rollback()
+            raise
+        finally:
+            cursor.close()
+        self._conn.commit()
+        return True
+
+    def _drop(self, generation: int) -> None:
+        """Mark ``generation`` dropping: never read again, its rows deleted by the next cleanup."""
+        self._execute(
+            f"UPDATE {self.listings} SET state = {self._ph} WHERE generation = {self._ph}",
+            (DROPPING, generation),
+        )
+        self._conn.commit()
+
+    def drop_stale_values(self) -> int:
+        """Delete the generations replaced, and those written for longer than ``ABANDONED``
+        (a listing that crashed), a chunk of ``VALUES_BATCH`` values per transaction; never a
+        generation still being written. Returns how many generations were dropped."""
+        if not self._writable:
+            return 0
+        abandoned = (datetime.now(UTC) - ABANDONED).isoformat(timespec="seconds")
+        self._execute(
+            f"UPDATE {self.listings} SET state = {self._ph} WHERE state = {self._ph}"
+            f" OR (state = {self._ph} AND begun_at < {self._ph})",
+            (DROPPING, REPLACED, WRITING, abandoned),
+        )
+        self._conn.commit()
+        stale = self._rows(
+            f"SELECT generation, destination, stripe_field FROM {self.listings} WHERE state = {self._ph}",
+            DROPPING,
+        )
+        where = f"destination = {self._ph} AND stripe_field = {self._ph} AND generation = {self._ph}"
+        for generation, destination, field in stale:
+            key = (destination, field, generation)
+            cursor = self._conn.cursor()
+            try:
+                while True:  # the chunk's values, found through the index
+                    cursor.execute(
+                        f"DELETE FROM {self.values} WHERE {where} AND value IN (SELECT value FROM {self.values}"
+                        f" WHERE {where} ORDER BY value LIMIT {VALUES_BATCH})",
+                        key + key,
+                    )
+                    deleted = cursor.rowcount
+                    self._conn.commit()
+                    if deleted <= 0:
+                        break
+                cursor.execute(f"DELETE FROM {self.listings} WHERE generation = {self._ph}", (generation,))
+                self._conn.commit()
+            except BaseException:
+                self._conn.rollback()
+                raise
+            finally:
+                cursor.close()
+        return len(stale)
 
     def _one(self, sql: str, *params: str) -> str | None:
         rows = self._rows(sql, *params)
         return str(rows[0][0]) if rows else None
 
-    def _rows(self, sql: str, *params: str) -> list[tuple[Any, ...]]:
+    def _rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         cursor = self._conn.cursor()
         try:
             cursor.execute(sql, params)
@@ -215,6 +349,60 @@ class Destinations:
             cursor.execute(sql, params) if params else cursor.execute(sql)
         finally:
             cursor.close()
+
+
+class ValueWriter:
+    """One generation of the value index being written as a listing streams by: ``add`` each
+    customer's value, then ``finish`` (or ``abandon`` when the listing failed)."""
+
+    def __init__(self, places: Destinations, destination: str, field: str, generation: int) -> None:
+        self._places = places
+        self.destination, self.field, self.generation = destination, field, generation
+        self._rows: list[tuple[str, str, int, str, str]] = []
+        self.written = 0
+        self._lost = False  # dropped while written (see ``Destinations._write_values``)
+
+    def add(self, value: str, customer_id: str) -> None:
+        """Note that the listing saw ``customer_id`` with the normalised ``value``."""
+        if self._lost:
+            return
+        self._rows.append((self.destination, self.field, self.generation, value, customer_id))
+        if len(self._rows) >= VALUES_BATCH:
+            self._flush()
+
+    def finish(self) -> bool:
+        """Write what is left, make this generation the current one, and drop the stale ones;
+        False when it could not become current (see ``Destinations._switch``)."""
+        self._flush()
+        if self._lost or not self._places._switch(self.destination, self.field, self.generation):
+            log.warning(
+                "The value index of %s by %s was not recorded: this listing took longer than %d hours and "
+                "was taken for abandoned; the next whole listing records it",
+                self.destination,
+                self.field,
+                ABANDONED // timedelta(hours=1),
+            )
+            return False
+        dropped = self._places.drop_stale_values()
+        log.info(
+            "Recorded %d %s values of %s (dropped %d stale generations)",
+            self.written,
+            self.field,
+            self.destination,
+            dropped,
+        )
+        return True
+
+    def abandon(self) -> None:
+        """The listing failed: this generation is never to be read; the next switch deletes it."""
+        self._rows = []
+        self._places._drop(self.generation)
+
+    def _flush(self) -> None:
+        if self._rows:
+            self._lost = not self._places._write_values(self.generation, self._rows)
+            self.written += len(self._rows) * (not self._lost)
+            self._rows = []
 
 
 def reconcile_due(requested: bool, every: timedelta | None, last: datetime | None, now: datetime) -> str:

@@ -685,22 +685,19 @@ def sync_records(
         destination=destination,
         reconcile=bool(why),
         account_size=places.size(destination),
-        last_listing=places.last_listing(destination) if state.options.stripe_field == "email" else None,
         changed_only=changed_only,
     )
     leave = LeaveOptions.of(spec, destination=destination, dry_run=dry_run, concurrency=options.concurrency)
     leavers = None if audience is None else audience.leavers(store, leave)
     if leavers is not None:
         check_leave_limit(leavers, leave)  # before anything is written
-    result = Syncer(api, store, options).run(records)
+    result = Syncer(api, store, options, places).run(records)  # places: the value index, read and recorded
     result.destination, result.reconciled = destination, why
     result.unchanged += 0 if audience is None else audience.unchanged
     if why and not result.failed:
         places.record_reconciled(spec.id, destination, now)
     if result.listed is not None:
         places.record_size(destination, result.listed)
-    if result.whole_listing is not None:
-        places.record_listing(destination, result.whole_listing)
     # After the sync: a leaver's customer that a profile of this run now holds is handed over.
     left = None if leavers is None else Leaving(api, store, leave).run(leavers)
     return Synced(result, left)

@@ -106,21 +106,6 @@ class StripeCustomers:
                 return
             params = {"limit": 100, "starting_after": page.data[-1].id}
 
-    def with_email(self, email: str) -> Iterator[dict[str, Any]]:
-        """The customers whose stored email is exactly ``email`` (``GET /v1/customers?email=``: exact
-        and case-sensitive, so ``Ann@X.com`` is not found for ``ann@x.com``; see ``Syncer._email_index``)."""
-        params: dict[str, Any] = {"email": email, "limit": 100}
-        while True:
-            page = self._call(
-                "customers.by_email",
-                lambda: self._client.v1.customers.list(params=params, options=NO_SDK_RETRIES),  # type: ignore[arg-type]  # noqa: B023
-            )
-            for customer in page.data:
-                yield _fields(customer)
-            if not page.has_more or not page.data:
-                return
-            params = {"email": email, "limit": 100, "starting_after": page.data[-1].id}
-
     def customer_events(self, since: int) -> Iterator[tuple[list[dict[str, Any]], bool]] | None:
         """The customer events created after ``since`` (Unix seconds), newest first, one page per
         request as (events, whether more pages follow) so that a caller can stop within a budget;

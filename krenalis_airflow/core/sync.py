@@ -13,9 +13,10 @@ A run goes **decide → write → stage/checkpoint**:
       rejected (reported again, not resent) and for one that failed in ``give_up_after`` runs.
    b. The ledger knows its customer(s) but the payload changed → *update* the units that changed.
    c. Otherwise look the matching value up in an index of every Stripe customer (built once,
-      only when some record needs it, with ``limit=100`` pages; or, matching by id or email, from
-      one lookup per such record when that is safe and costs fewer reads: ``Syncer._look_up``,
-      ``Syncer._email_index``) → create, update, or nothing to do when Stripe already holds the
+      only when some record needs it, with ``limit=100`` pages; or, matching by id, from one
+      retrieve per such record, and matching by email or metadata, from the value index the last
+      whole listing recorded and the events since, when that costs fewer reads: ``Syncer._look_up``,
+      ``Syncer._recorded_index``) → create, update, or nothing to do when Stripe already holds the
       payload.
 
 2. *Write*: the ``Syncer`` applies the decisions in order, counting their outcomes; writes run
@@ -35,13 +36,13 @@ import hashlib
 import logging
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from krenalis_airflow.core.destination import WholeListing
+from krenalis_airflow.core.destination import ValueListing
 from krenalis_airflow.core.fields import (
     holds,
     needs_current,
@@ -82,10 +83,6 @@ ID_LOOKUPS = 100
 # account); past this many misses it keeps every customer instead.
 WANTED_MAX = 200_000
 INPUTS_BATCH = 10_000  # input digests of unchanged records written to the ledger at once
-# Matching by email, a whole listing keeps the customers whose stored email is not in matching form
-# (``Syncer._email_index``); past this many it keeps none and email lookups wait for a listing
-# that finds fewer.
-ODD_EMAILS_MAX = 10_000
 # A listing's start is taken this much before the local clock, so that Stripe's clock, a little
 # behind, cannot date a write made during the listing before it (its event would be missed).
 CLOCK_MARGIN = timedelta(minutes=5)
@@ -111,9 +108,6 @@ class CustomerApi(Protocol):
 
     def find(self, customer_id: str) -> dict[str, Any] | None:
         """The customer's fields, or None if it does not exist."""
-
-    def with_email(self, email: str) -> Iterator[dict[str, Any]]:
-        """The customers whose stored email is exactly ``email`` (case-sensitive, as Stripe's filter)."""
 
     def customer_events(self, since: int) -> Iterator[tuple[list[dict[str, Any]], bool]] | None:
         """Pages of customer events after ``since`` (Unix seconds), newest first, each with whether
@@ -148,6 +142,34 @@ class LedgerStore(Protocol):
         """``(other pipeline, customer id, units both write)`` for customers of ``destination``."""
 
 
+class ValueSink(Protocol):
+    """One generation of the value index, written as a whole listing streams by."""
+
+    def add(self, value: str, customer_id: str) -> None:
+        """Note that the listing saw ``customer_id`` with the normalised ``value``."""
+
+    def finish(self) -> bool:
+        """Make what was added the current generation (False: it could not be)."""
+
+    def abandon(self) -> None:
+        """The listing failed: what was added is never to be read."""
+
+
+class ValueIndex(Protocol):
+    """What every whole listing saw, by matching value, kept in the state store
+    (``Destinations``) so that a later run finds its misses without listing again
+    (``Syncer._recorded_index``); a dry run gets one that records nothing."""
+
+    def value_listing(self, destination: str, field: str) -> ValueListing | None:
+        """The last complete listing of ``destination`` recorded by ``field`` (None: none)."""
+
+    def listed_values(self, listing: ValueListing, values: Collection[str]) -> dict[str, list[str]] | None:
+        """The customer ids ``listing`` saw with each of ``values``; None when it is gone meanwhile."""
+
+    def begin_values(self, destination: str, field: str, started: datetime) -> ValueSink | None:
+        """A new generation for a listing begun at ``started`` (None: record nothing)."""
+
+
 @dataclass
 class Wanted:
     """What a listing of Stripe must keep for this run (see ``Syncer._wanted``)."""
@@ -171,7 +193,6 @@ class SyncOptions:
     give_up_after: int = 3  # runs in a row a profile may fail for transient reasons
     destination: str = ""  # the Stripe written to: ledger entries of another one are verified, not trusted
     account_size: int | None = None  # customers in the destination when last listed whole (None: unknown)
-    last_listing: WholeListing | None = None  # what that listing saw, for email lookups (None: unknown)
     reconcile: bool = False  # verify every synced customer against one listing of Stripe; repair drift
     # The extract step read only the profiles whose input changed (core/inputs.py): their entries are
     # fetched as they stream by instead of holding a digest of every synced profile in memory.
@@ -201,7 +222,6 @@ class SyncResult:
     overlaps: dict[tuple[str, str], Overlap] = field(default_factory=dict)  # by (other pipeline, unit)
     destination: str = ""  # the Stripe this run wrote to
     listed: int | None = None  # customers in the account, when this run listed it whole
-    whole_listing: WholeListing | None = None  # what that listing saw, to record for email lookups
     reconciled: str = ""  # why this run reconciled ("" when it did not)
     skipped: Counter[str] = field(default_factory=Counter)
     rejections: list[Rejection] = field(default_factory=list)
@@ -405,10 +425,13 @@ class Syncer:
     are counted in ``result`` as the decisions are applied and the writes complete.
     """
 
-    def __init__(self, api: CustomerApi, ledger: LedgerStore, options: SyncOptions) -> None:
+    def __init__(
+        self, api: CustomerApi, ledger: LedgerStore, options: SyncOptions, values: ValueIndex | None = None
+    ) -> None:
         self.api = api
         self.ledger = ledger
         self.options = options
+        self.values = values  # the value index (None: neither read nor recorded)
         self.result = SyncResult()
         self._staged = Checkpoints(ledger, options.checkpoint_every)
         self._busy: dict[str, threading.Lock] = defaultdict(threading.Lock)
@@ -437,9 +460,9 @@ class Syncer:
         elif options.stripe_field == "id" and 0 < len(wanted.matches) <= self._lookup_limit():
             index = self._look_up(wanted.matches)
         elif (
-            options.stripe_field == "email"
+            options.stripe_field != "id"
             and wanted.matches
-            and (found := self._email_index(wanted.matches)) is not None
+            and (found := self._recorded_index(wanted.matches)) is not None
         ):
             index = found
         elif wanted.matches:
@@ -528,34 +551,37 @@ class Syncer:
     ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
         """The Stripe customers by matching value and by id, from one listing of the account:
         those ``wanted`` (every one when None), so memory follows the records that need a
-        lookup, not the size of the account."""
+        lookup, not the size of the account. Every customer's value goes to the value index as
+        the listing streams by (``_recording``), for the next runs."""
         index: dict[str, list[dict[str, Any]]] = defaultdict(list)
         by_id: dict[str, dict[str, Any]] = {}
         listed = 0
-        started = datetime.now(UTC) - CLOCK_MARGIN
-        odd: list[tuple[str, str]] | None = []
-        for customer in self.api.list_all():
-            listed += 1
-            email = customer.get("email")
-            if (
-                odd is not None
-                and isinstance(email, str)
-                and email != (canonical := normalise_match("email", email))
-            ):
-                odd.append((canonical, customer["id"]))
-                if len(odd) > ODD_EMAILS_MAX:
-                    odd = None
-            value = (
-                customer.get("id")
-                if self.options.stripe_field == "id"
-                else read_path(customer, self.options.stripe_field)
-            )
-            match = normalise_match(self.options.stripe_field, value) if value not in (None, "") else None
-            if wanted is not None and match not in wanted.matches and customer["id"] not in wanted.ids:
-                continue
-            by_id[customer["id"]] = customer
-            if match is not None:
-                index[match].append(customer)
+        sink = self._recording()
+        try:
+            for customer in self.api.list_all():
+                listed += 1
+                value = (
+                    customer.get("id")
+                    if self.options.stripe_field == "id"
+                    else read_path(customer, self.options.stripe_field)
+                )
+                match = normalise_match(self.options.stripe_field, value) if value not in (None, "") else None
+                if sink is not None and match is not None:
+                    sink.add(match, customer["id"])
+                if wanted is not None and match not in wanted.matches and customer["id"] not in wanted.ids:
+                    continue
+                by_id[customer["id"]] = customer
+                if match is not None:
+                    index[match].append(customer)
+        except BaseException:
+            if sink is not None:
+                try:
+                    sink.abandon()
+                except Exception:  # the listing's own error is the one to report
+                    log.warning("Could not mark the unfinished value index abandoned", exc_info=True)
+            raise
+        if sink is not None:
+            sink.finish()
         log.info(
             "Listed %d Stripe customers; kept %d, indexed by %s",
             listed,
@@ -563,8 +589,16 @@ class Syncer:
             self.options.stripe_field,
         )
         self.result.listed = listed
-        self.result.whole_listing = WholeListing(started, None if odd is None else tuple(odd))
         return index, by_id
+
+    def _recording(self) -> ValueSink | None:
+        """Where this whole listing records every customer's value (None: nowhere): matching by
+        email or metadata, not in a dry run. The listing's start is taken ``CLOCK_MARGIN`` early."""
+        options = self.options
+        if self.values is None or options.stripe_field == "id" or options.dry_run:
+            return None
+        started = datetime.now(UTC) - CLOCK_MARGIN
+        return self.values.begin_values(options.destination, options.stripe_field, started)
 
     def _look_up(self, ids: set[str]) -> dict[str, list[dict[str, Any]]]:
         """The index of the customers with these ids, one retrieve each (see ``ID_LOOKUPS``)."""
@@ -575,91 +609,100 @@ class Syncer:
         log.info("Looked up %d Stripe customer ids, %d found", len(ids), len(index))
         return index
 
-    def _email_index(self, misses: set[str]) -> dict[str, list[dict[str, Any]]] | None:
-        """The index of the customers with these (normalised) emails, found without listing the
-        account, or None (list it) when that is unsafe or would cost more reads than the listing.
+    def _recorded_index(self, misses: set[str]) -> dict[str, list[dict[str, Any]]] | None:
+        """The index of the customers with these (normalised) values, found without listing the
+        account, or None (list it) when that is unsafe or would cost as many reads as the listing.
 
-        Stripe's ``email=`` filter is exact and case-sensitive: looking up the normalised email
-        finds every customer whose stored email is in that form, and misses ``Ann@X.com`` for
-        ``ann@x.com``. Those are known otherwise: the last whole listing kept the customers whose
-        email it saw in another form (``WholeListing``), and Stripe's customer events since it
-        began tell which were created or changed since; both are retrieved by id, as they are now.
-        The search API, case-insensitive, lags up to an hour behind writes: never used.
+        The last whole listing recorded every customer's value (``ValueIndex``); Stripe's customer
+        events since it began tell what changed since. The candidates for a miss are the customers
+        recorded with it that no later event moved away or deleted, and those an event shows with
+        it; each is retrieved by id, as it is now, and kept when it still holds a miss. A miss with
+        no candidate has no customer. Stripe's ``email=`` filter (exact, case-sensitive) and its
+        search API (lagging up to an hour) could each miss a customer, so neither is used.
         """
-        retrieve = self._email_lookups_refused(misses) or self._odd_since_listing(misses)
-        if isinstance(retrieve, str):
-            log.info("Matching by email: listing the account (%s)", retrieve)
+        options = self.options
+        listing = (
+            None
+            if self.values is None
+            else self.values.value_listing(options.destination, options.stripe_field)
+        )
+        candidates = self._index_refused(listing) or self._candidates(listing, misses)
+        if isinstance(candidates, str):
+            log.info("Matching by %s: listing the account (%s)", options.stripe_field, candidates)
             return None
         index: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        seen: set[str] = set()
-
-        def keep(customer: dict[str, Any]) -> None:
-            if customer["id"] not in seen and isinstance(email := customer.get("email"), str):
-                seen.add(customer["id"])
-                index[normalise_match("email", email)].append(customer)
-
-        for customer_id in sorted(retrieve):
-            if (customer := self.api.find(customer_id)) is not None:
-                keep(customer)
-        for email in sorted(misses):
-            for customer in self.api.with_email(email):
-                keep(customer)
+        for customer_id in sorted(candidates):
+            if (customer := self.api.find(customer_id)) is None:
+                continue  # deleted since
+            value = read_path(customer, options.stripe_field)
+            match = normalise_match(options.stripe_field, value) if value not in (None, "") else None
+            if match in misses:  # still holds it (an event may have shown an older state)
+                index[match].append(customer)
         log.info(
-            "Looked up %d Stripe emails (%d customers stored in another form retrieved), %d customers found",
+            "Matching by %s: %d values looked up in the recorded listing, %d customers retrieved, %d found",
+            options.stripe_field,
             len(misses),
-            len(retrieve),
-            len(seen),
+            len(candidates),
+            sum(len(found) for found in index.values()),
         )
         return index
 
-    def _odd_since_listing(self, misses: set[str]) -> set[str] | str:
-        """The ids of the customers that may hold one of ``misses`` in another form: those the last
-        listing saw so, and those Stripe's events since it began show so (none deleted since).
-        Why to list instead (a str) when events cannot be read, or when reading them and then
-        looking up would cost no fewer reads than the listing (events are read lazily: this stops
-        as soon as that is known)."""
-        listing = self.options.last_listing
-        assert listing is not None and listing.odd_emails is not None  # see _email_lookups_refused
-        pages = -(-(self.options.account_size or 0) // 100)
-        odd = {customer for email, customer in listing.odd_emails if email in misses}
-        events = self.api.customer_events(int(listing.started.timestamp()))
-        if events is None:
-            return "Stripe's events cannot be read: the key lacks Events: read, or the API has none"
-        read, deleted = 0, set()
-        for page, more in events:
-            read += 1
-            for event in page:
-                customer = event["object"]
-                if event["type"] == "customer.deleted":
-                    deleted.add(customer["id"])
-                elif isinstance(email := customer.get("email"), str):
-                    canonical = normalise_match("email", email)
-                    if canonical in misses and email != canonical:
-                        odd.add(customer["id"])
-            if more and read + len(misses) + len(odd) >= pages:
-                return f"{read} pages of events since the last listing and more: dearer than {pages} pages"
-        if len(misses) + len(odd - deleted) >= pages:  # the events read are spent either way
-            return f"{len(misses)} lookups and {len(odd - deleted)} retrieves: no cheaper than {pages} pages"
-        log.info("Read %d pages of Stripe customer events since the last listing", read)
-        return odd - deleted
-
-    def _email_lookups_refused(self, misses: set[str]) -> str:
-        """Why this run may not look its misses up by email ("" when it may: see ``_email_index``)."""
-        options, listing = self.options, self.options.last_listing
-        if options.account_size is None or listing is None:
-            return "the account was never listed whole"
+    def _index_refused(self, listing: ValueListing | None) -> str:
+        """Why the recorded listing cannot stand in for a listing ("" when it may)."""
+        if listing is None:
+            return f"no whole listing of this account by {self.options.stripe_field} is recorded yet"
+        if self.options.account_size is None:
+            return "the account's size is not recorded"
         if datetime.now(UTC) - listing.started >= EVENTS_KEPT:
             return (
                 f"the last whole listing, {listing.started:%Y-%m-%d}, is older than {EVENTS_KEPT.days} days: "
                 "Stripe keeps events 30"
             )
-        if listing.odd_emails is None:
-            return f"more than {ODD_EMAILS_MAX} customers store their email in another case or with spaces"
-        pages = -(-options.account_size // 100)
-        odd = sum(email in misses for email, _ in listing.odd_emails)
-        if len(misses) + odd + 1 >= pages:
-            return f"{len(misses)} lookups cost no fewer reads than {pages} pages"
         return ""
+
+    def _candidates(self, listing: ValueListing | None, misses: set[str]) -> set[str] | str:
+        """The ids of the customers that may hold one of ``misses`` now (see ``_recorded_index``),
+        or why to list instead (a str): events cannot be read, the listing was replaced while
+        read, or reading events and retrieving the candidates would cost the listing's pages
+        (events are read lazily, newest first: this stops as soon as that is known).
+
+        Only the events of customers that matter are kept (those recorded with a miss, and those
+        an event shows with one), so memory follows the misses, not the events: a customer whose
+        newer event was not kept for another value may be retrieved for nothing, never missed."""
+        assert listing is not None and self.values is not None  # see _index_refused
+        field_, pages = self.options.stripe_field, -(-(self.options.account_size or 0) // 100)
+        recorded = self.values.listed_values(listing, misses)
+        if recorded is None:
+            return "the recorded listing was replaced while read"
+        candidates = {customer for ids in recorded.values() for customer in ids}
+        if len(candidates) >= pages:
+            return f"{len(candidates)} recorded customers to retrieve: no cheaper than {pages} pages"
+        events = self.api.customer_events(int(listing.started.timestamp()))
+        if events is None:
+            return "Stripe's events cannot be read: the key lacks Events: read, or the API has none"
+        latest: dict[str, bool] = {}  # customer id → whether its latest event leaves it with a miss
+        read = 0
+        for page, _ in events:
+            read += 1
+            for event in page:
+                customer = event["object"]
+                value = read_path(customer, field_)
+                with_miss = value not in (None, "") and normalise_match(field_, value) in misses
+                holds_miss = with_miss and event["type"] != "customer.deleted"
+                if customer["id"] in latest or not (with_miss or customer["id"] in candidates):
+                    continue  # an older state, or one that matters to no miss
+                latest[customer["id"]] = holds_miss
+                if holds_miss:
+                    candidates.add(customer["id"])
+                else:
+                    candidates.discard(customer["id"])
+            if read + len(candidates) >= pages:
+                return (
+                    f"{read} pages of events since the last listing and {len(candidates)} customers to "
+                    f"retrieve: no cheaper than {pages} pages"
+                )
+        log.info("Read %d pages of Stripe customer events since the last listing", read)
+        return candidates
 
     def _count_settled(self, record: Record, decision: Unchanged | Skipped | Rejected | Remember) -> None:
         """Count the outcome of a decision that needs no request."""

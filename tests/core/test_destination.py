@@ -3,6 +3,7 @@ PostgreSQL (each PostgreSQL test uses its own table prefix and drops its tables)
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,19 +12,20 @@ from typing import Any
 import pytest
 
 from krenalis_airflow.core.destination import (
+    VALUES_BATCH,
     Destinations,
-    WholeListing,
+    ValueListing,
     is_account,
     key_fingerprint,
     reconcile_due,
 )
-from tests.core.warehouses import state_store
+from tests.core.warehouses import PG_DSN, state_store
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, str, str]]:
     """(connection, placeholder, table prefix)"""
-    tables = ("stripe_accounts", "reconciled", "stripe_sizes", "stripe_listings", "stripe_odd_emails")
+    tables = ("stripe_accounts", "reconciled", "stripe_sizes", "stripe_value_listings", "stripe_values")
     with state_store(request.param, tmp_path, tables) as found:
         yield found
 
@@ -117,34 +119,185 @@ def test_the_size_of_a_destination_is_remembered_for_the_next_run(store: tuple[A
     assert places.size("acct_A") == 1_000_042 and places.size("acct_B") is None
 
 
-def test_each_whole_listing_replaces_the_odd_emails_it_saw(store: tuple[Any, str, str]) -> None:
+# -- the value index: generations ----------------------------------------------------------------
+
+T1 = datetime(2026, 11, 1, 8, tzinfo=UTC)
+T2 = datetime(2026, 11, 2, 9, tzinfo=UTC)
+
+
+def other(conn: Any, tmp_path: Path) -> Any:
+    """A second connection to the same state store: another run, another pipeline."""
+    if isinstance(conn, sqlite3.Connection):
+        return sqlite3.connect(tmp_path / "state.db", timeout=0)  # never waits: a lock fails at once
+    import psycopg2
+
+    return psycopg2.connect(PG_DSN)
+
+
+def values_of(places: Destinations, generation: int) -> int:
+    cursor = places._conn.cursor()
+    cursor.execute(f"SELECT COUNT(*) FROM {places.values} WHERE generation = {places._ph}", (generation,))
+    count = int(cursor.fetchone()[0])
+    cursor.close()
+    places._conn.commit()
+    return count
+
+
+def generations(places: Destinations) -> dict[int, str]:
+    """generation → state, of every generation recorded."""
+    cursor = places._conn.cursor()
+    cursor.execute(f"SELECT generation, state FROM {places.listings}")
+    found = {int(g): str(state) for g, state in cursor.fetchall()}
+    cursor.close()
+    places._conn.commit()
+    return found
+
+
+def test_a_generation_is_read_only_once_complete(store: tuple[Any, str, str], tmp_path: Path) -> None:
     conn, ph, prefix = store
     places = Destinations(conn, ph, prefix)
-    assert places.last_listing("acct_A") is None
-    first = WholeListing(
-        datetime(2026, 11, 1, 8, tzinfo=UTC), (("ann@x.com", "cus_1"), ("bob@y.com", "cus_2"))
-    )
-    places.record_listing("acct_A", first)
-    places.record_listing("acct_B", WholeListing(first.started, (("carl@z.com", "cus_3"),)))
-    found = places.last_listing("acct_A")
-    assert found is not None and found.started == first.started
-    assert sorted(found.odd_emails or ()) == [("ann@x.com", "cus_1"), ("bob@y.com", "cus_2")]
-    later = WholeListing(
-        datetime(2026, 11, 2, 9, tzinfo=UTC), (("bob@y.com", "cus_2"), ("dan@w.com", "cus_4"))
-    )
-    places.record_listing("acct_A", later)  # what the new listing saw, nothing of the old one
-    found = places.last_listing("acct_A")
-    assert found is not None and found.started == later.started
-    assert sorted(found.odd_emails or ()) == [("bob@y.com", "cus_2"), ("dan@w.com", "cus_4")]
-    places.record_listing("acct_A", WholeListing(later.started, None))  # too many to keep
-    assert places.last_listing("acct_A") == WholeListing(later.started, None)
-    places.record_listing("acct_A", WholeListing(later.started, ()))  # then none at all
-    assert places.last_listing("acct_A") == WholeListing(later.started, ())
-    assert places.last_listing("acct_B") == WholeListing(first.started, (("carl@z.com", "cus_3"),))
-    Destinations(conn, ph, prefix, writable=False).record_listing("acct_B", later)  # a dry run writes nothing
-    assert places.last_listing("acct_B") == WholeListing(first.started, (("carl@z.com", "cus_3"),))
+    reader = other(conn, tmp_path)
+    try:
+        seen = Destinations(reader, ph, prefix, writable=False)
+        writer = places.begin_values("acct_A", "email", T1)
+        assert writer is not None
+        for n in range(VALUES_BATCH * 2 + 7):
+            writer.add(f"u{n}@example.com", f"cus_{n}")
+        assert values_of(places, writer.generation) == VALUES_BATCH * 2  # two batches written, committed
+        # Meanwhile the store is not locked: another pipeline writes (SQLite: no wait allowed).
+        Destinations(reader, ph, prefix).record_size("acct_B", 5)
+        assert seen.value_listing("acct_A", "email") is None  # a partial listing is never read
+        assert writer.finish()
+        listing = seen.value_listing("acct_A", "email")
+        assert listing == ValueListing("acct_A", "email", writer.generation, T1)
+        found = seen.listed_values(listing, ["u0@example.com", f"u{VALUES_BATCH * 2 + 6}@example.com", "x"])
+        assert found == {"u0@example.com": ["cus_0"], f"u{VALUES_BATCH * 2 + 6}@example.com": ["cus_10006"]}
+        assert seen.value_listing("acct_A", "metadata.profile_id") is None  # one index per field
+        assert seen.value_listing("acct_B", "email") is None
+    finally:
+        reader.close()
 
 
-def test_a_dry_run_before_any_listing_reads_none(store: tuple[Any, str, str]) -> None:
+def test_many_values_are_looked_up_in_batches(store: tuple[Any, str, str]) -> None:
     conn, ph, prefix = store
-    assert Destinations(conn, ph, prefix, writable=False).last_listing("acct_A") is None  # no tables yet
+    places = Destinations(conn, ph, prefix)
+    writer = places.begin_values("acct_A", "metadata.profile_id", T1)
+    assert writer is not None
+    for n in range(3_000):
+        writer.add(str(n), f"cus_{n}")
+    writer.add("7", "cus_twin")
+    writer.finish()
+    listing = places.value_listing("acct_A", "metadata.profile_id")
+    assert listing is not None
+    found = places.listed_values(listing, [str(n) for n in range(0, 4_000, 2)])  # 2,000: four queries
+    assert found is not None
+    assert len(found) == 1_500 and found["2998"] == ["cus_2998"] and sorted(found["6"]) == ["cus_6"]
+    assert sorted((places.listed_values(listing, ["7"]) or {})["7"]) == ["cus_7", "cus_twin"]
+
+
+def test_two_listings_at_once_never_corrupt_each_other(store: tuple[Any, str, str], tmp_path: Path) -> None:
+    conn, ph, prefix = store
+    second = other(conn, tmp_path)
+    try:
+        one, two = Destinations(conn, ph, prefix), Destinations(second, ph, prefix)
+        kept = one.begin_values("acct_A", "email", T1)  # another field's index is left alone
+        assert kept is not None
+        kept.add("keep@x.com", "cus_k")
+        early = one.begin_values("acct_A", "email", T1)
+        late = two.begin_values("acct_A", "email", T2)
+        assert early is not None and late is not None and early.generation != late.generation
+        for n in range(VALUES_BATCH + 10):  # interleaved batches
+            early.add(f"u{n}@example.com", f"cus_{n}")
+            late.add(f"u{n}@example.com", f"cus_{n}")
+        assert late.finish()  # the later listing switches first: its generation is read …
+        listing = one.value_listing("acct_A", "email")
+        assert listing is not None and listing.generation == late.generation and listing.started == T2
+        # … and the other, still being written, keeps every row it wrote.
+        assert values_of(one, early.generation) == VALUES_BATCH
+        assert generations(one)[early.generation] == "writing"
+        assert early.finish()  # the later switch wins
+        listing = two.value_listing("acct_A", "email")
+        assert listing is not None and listing.generation == early.generation and listing.started == T1
+        assert values_of(one, early.generation) == VALUES_BATCH + 10
+        assert values_of(one, late.generation) == 0  # replaced: dropped by the switch
+        assert late.generation not in generations(one)
+        assert two.listed_values(listing, ["u3@example.com"]) == {"u3@example.com": ["cus_3"]}
+        assert generations(one)[kept.generation] == "writing"  # begun today: not abandoned
+    finally:
+        second.close()
+
+
+def test_replaced_abandoned_and_failed_generations_are_dropped(store: tuple[Any, str, str]) -> None:
+    conn, ph, prefix = store
+    places = Destinations(conn, ph, prefix)
+
+    def listed(destination: str, field: str, count: int) -> int:
+        writer = places.begin_values(destination, field, T1)
+        assert writer is not None
+        for n in range(count):
+            writer.add(f"v{n}", f"cus_{n}")
+        assert writer.finish()
+        return writer.generation
+
+    other_field = listed("acct_A", "metadata.id", 3)
+    crashed = places.begin_values("acct_B", "email", T1)  # a listing whose process died
+    failed = places.begin_values("acct_A", "email", T1)  # one whose listing raised
+    slow = places.begin_values("acct_A", "email", T1)  # one still listing, for longer than a day
+    assert crashed is not None and failed is not None and slow is not None
+    for writer in (crashed, failed, slow):
+        for n in range(VALUES_BATCH + 1):
+            writer.add(f"v{n}", f"cus_{n}")
+    failed.abandon()
+    two_days_ago = (datetime.now(UTC) - timedelta(days=2)).isoformat(timespec="seconds")
+    cursor = conn.cursor()
+    cursor.execute(
+        f"UPDATE {places.listings} SET begun_at = {ph} WHERE generation IN ({ph}, {ph})",
+        (two_days_ago, crashed.generation, slow.generation),
+    )
+    conn.commit()
+    young = places.begin_values("acct_A", "email", T1)  # one still listing, begun today
+    assert young is not None
+    young.add("v0", "cus_0")
+    first = listed("acct_A", "email", 2)
+    assert generations(places) == {other_field: "current", first: "current", young.generation: "writing"}
+    assert [values_of(places, g.generation) for g in (crashed, failed, slow)] == [0, 0, 0]
+    assert values_of(places, young.generation) == 0  # nothing flushed yet: still in its batch
+    second = listed("acct_A", "email", 2)
+    assert generations(places) == {other_field: "current", second: "current", young.generation: "writing"}
+    assert values_of(places, first) == 0 and values_of(places, other_field) == 3
+    # The slow listing, taken for abandoned, ends: it does not replace the one read now.
+    assert not slow.finish()
+    assert generations(places) == {other_field: "current", second: "current", young.generation: "writing"}
+    assert values_of(places, slow.generation) == 0
+    assert young.finish()  # and the young one, ending last, wins
+    assert generations(places) == {other_field: "current", young.generation: "current"}
+    assert values_of(places, second) == 0 and values_of(places, young.generation) == 1
+
+
+def test_a_generation_dropped_while_read_is_not_trusted(store: tuple[Any, str, str]) -> None:
+    conn, ph, prefix = store
+    places = Destinations(conn, ph, prefix)
+    writer = places.begin_values("acct_A", "email", T1)
+    assert writer is not None
+    writer.add("ann@x.com", "cus_1")
+    writer.finish()
+    listing = places.value_listing("acct_A", "email")
+    assert listing is not None and places.listed_values(listing, ["ann@x.com"]) == {"ann@x.com": ["cus_1"]}
+    places._drop(listing.generation)  # what a newer listing's switch does before deleting its rows
+    assert values_of(places, listing.generation) == 1
+    assert places.listed_values(listing, ["ann@x.com"]) is None  # may be partial: list instead
+    assert places.value_listing("acct_A", "email") is None
+
+
+def test_a_dry_run_records_no_value_and_reads_what_is_there(store: tuple[Any, str, str]) -> None:
+    conn, ph, prefix = store
+    dry = Destinations(conn, ph, prefix, writable=False)
+    assert dry.value_listing("acct_A", "email") is None  # no tables yet
+    assert dry.begin_values("acct_A", "email", T1) is None and dry.drop_stale_values() == 0
+    places = Destinations(conn, ph, prefix)
+    writer = places.begin_values("acct_A", "email", T1)
+    assert writer is not None
+    writer.add("ann@x.com", "cus_1")
+    writer.finish()
+    listing = dry.value_listing("acct_A", "email")
+    assert listing is not None and dry.listed_values(listing, ["ann@x.com"]) == {"ann@x.com": ["cus_1"]}

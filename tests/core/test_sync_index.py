@@ -1,9 +1,10 @@
 """What a listing of Stripe keeps in memory: the customers the run's misses need, not the account;
-and when lookups (by id, by email) replace the listing.
+and when lookups replace the listing: retrieves by id, and matching by email or metadata, the value
+index the last whole listing recorded (``Destinations``) with Stripe's customer events since.
 
 The customer API here is a double (an account of thousands of customers that localstripe would
-take minutes to hold); the requests it would answer are Stripe's list pages, retrieves, ``email=``
-lookups (exact and case-sensitive, as Stripe's) and event pages (``created[gt]``), counted."""
+take minutes to hold); the requests it would answer are Stripe's list pages, retrieves and event
+pages (``created[gt]``), counted. It has no ``email=`` filter: the sync must not need one."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -22,10 +23,11 @@ from urllib.parse import unquote
 import pytest
 import stripe
 
+from krenalis_airflow.core.destination import Destinations, ValueListing
 from krenalis_airflow.core.ledger import Ledger
 from krenalis_airflow.core.records import Record
 from krenalis_airflow.core.stripe_api import StripeCustomers
-from krenalis_airflow.core.sync import ODD_EMAILS_MAX, Syncer, SyncOptions
+from krenalis_airflow.core.sync import Syncer, SyncOptions
 
 
 class Account:
@@ -35,13 +37,12 @@ class Account:
 
     def __init__(self, size: int, *, canonical: bool = False) -> None:
         address = "u{}@example.com" if canonical else "U{}@Example.com"
-        self.customers = {
+        self.customers: dict[str, dict[str, Any]] = {
             f"cus_{i}": {"id": f"cus_{i}", "email": address.format(i), "name": f"U {i}"} for i in range(size)
         }
         self.calls: Counter[str] = Counter()
         self.created: list[dict[str, Any]] = []
         self.events_readable = True
-        self._by_email: dict[str | None, list[dict[str, Any]]] | None = None  # rebuilt after a write
         day_ago = int(time.time()) - 86_400
         self.events = [(day_ago, "customer.created", dict(c)) for c in self.customers.values()]
 
@@ -61,14 +62,6 @@ class Account:
         self.calls["customers.retrieve"] += 1
         found = self.customers.get(customer_id)
         return None if found is None else dict(found)
-
-    def with_email(self, email: str) -> Iterator[dict[str, Any]]:
-        self.calls["customers.by_email"] += 1  # Stripe's filter: exact, case-sensitive
-        if self._by_email is None:
-            self._by_email = defaultdict(list)
-            for customer in self.customers.values():
-                self._by_email[customer.get("email")].append(customer)
-        return iter([dict(c) for c in self._by_email.get(email, ())])
 
     def customer_events(self, since: int) -> Iterator[tuple[list[dict[str, Any]], bool]] | None:
         if not self.events_readable:
@@ -101,7 +94,6 @@ class Account:
 
     def edit(self, customer_id: str, fields: dict[str, Any], kind: str = "customer.updated") -> None:
         """A write (by anyone), with its event; ``customer.deleted`` removes the customer."""
-        self._by_email = None
         customer = self.customers.setdefault(customer_id, {"id": customer_id})
         customer.update(fields)
         if kind == "customer.deleted":
@@ -121,6 +113,12 @@ def ledger(tmp_path: Path) -> Ledger:
     found = Ledger(sqlite3.connect(tmp_path / "state.db"), "?", "big")
     found.ensure_table()
     return found
+
+
+@pytest.fixture
+def places(ledger: Ledger) -> Destinations:
+    """The state store's value index, on the ledger's connection (as ``run.sync_records`` has it)."""
+    return Destinations(ledger._conn, "?", "krenalis_")
 
 
 def test_a_listing_keeps_only_the_customers_the_misses_need(
@@ -186,55 +184,68 @@ def test_matching_by_id_looks_up_or_lists_whichever_costs_fewer_reads(
     assert result.listed == (None if "customers.retrieve" in calls else len(account.customers))
 
 
-# -- matching by email: exact lookups, made safe by the last listing and the events since --------
+# -- matching by email or metadata: the value index the last listing recorded, and the events since --
 
 
-def listed_once(account: Account, ledger: Ledger) -> SyncOptions:
-    """The options of a run after one that listed ``account`` whole (what ``run.sync_records``
-    reads back from the state store), the account's counters reset."""
+def listed_once(
+    account: Account, ledger: Ledger, places: Destinations, field: str = "email"
+) -> tuple[SyncOptions, ValueListing]:
+    """The options of a run after one that listed ``account`` whole (the size ``run.sync_records``
+    reads back from the state store) and the value index that listing recorded; counters reset."""
     options = SyncOptions(
-        pipeline_id="big", mode="create_and_update", stripe_field="email", destination="acct_big"
+        pipeline_id="big", mode="create_and_update", stripe_field=field, destination="acct_big"
     )
     first_one = record(f"first{len(account.created)}@example.com", "First")  # a miss: the run lists
-    first = Syncer(account, ledger, options).run(lambda: iter([first_one]))
-    assert first.listed is not None and first.whole_listing is not None
+    if field != "email":
+        first_one = Record("first", "first", "first", {"name": "First"})
+    first = Syncer(account, ledger, options, places).run(lambda: iter([first_one]))
+    assert first.listed is not None
+    listing = places.value_listing("acct_big", field)
+    assert listing is not None
     account.calls.clear()
-    return replace(options, account_size=first.listed, last_listing=first.whole_listing)
+    return replace(options, account_size=first.listed), listing
 
 
 def reads(account: Account) -> dict[str, int]:
     return {k: v for k, v in account.calls.items() if k not in ("customers.create", "customers.update")}
 
 
-def test_new_emails_in_a_big_account_are_looked_up_not_listed(ledger: Ledger) -> None:
+def generations(places: Destinations) -> list[tuple[str, str]]:
+    """(field, state) of every generation of the value index recorded."""
+    cursor = places._conn.cursor()
+    cursor.execute(f"SELECT stripe_field, state FROM {places.listings} ORDER BY begun_at")
+    return [tuple(row) for row in cursor.fetchall()]
+
+
+def test_new_emails_in_a_big_account_are_found_in_the_recorded_listing(
+    ledger: Ledger, places: Destinations
+) -> None:
     account = Account(50_000, canonical=True)
-    options = listed_once(account, ledger)
-    assert options.last_listing is not None and options.last_listing.odd_emails == ()
+    options, listing = listed_once(account, ledger, places)
     records = [record(f"new{n}@example.com", "New") for n in range(300)]
-    result = Syncer(account, ledger, options).run(lambda: iter(records))
-    assert result.created == 300 and result.listed is None and result.whole_listing is None
-    # 300 lookups and the one page of events since the listing (the first run's create) beat 500 pages.
-    assert reads(account) == {"customers.by_email": 300, "events.list": 1}
+    result = Syncer(account, ledger, options, places).run(lambda: iter(records))
+    assert result.created == 300 and result.listed is None
+    # No email lookup, no listing: the one page of events since the listing (the first run's create).
+    assert reads(account) == {"events.list": 1}
+    assert places.value_listing("acct_big", "email") == listing  # nothing recorded again
+    assert generations(places) == [("email", "current")]
 
 
-def test_emails_stored_in_another_form_are_found_not_created_again(ledger: Ledger) -> None:
+def test_customers_stored_in_another_form_or_written_since_are_found_not_created_again(
+    ledger: Ledger, places: Destinations
+) -> None:
     account = Account(50_000, canonical=True)
     account.edit("cus_ann", {"email": "Ann@X.com", "name": "Ann"}, "customer.created")  # before the listing
     account.edit("cus_dan", {"email": "Dan@W.com", "name": "Dan"}, "customer.created")
     account.edit("cus_eve", {"email": " eve@v.com ", "name": "Eve"}, "customer.created")
     account.events = [(when - 86_400, kind, c) for when, kind, c in account.events]  # a day ago
-    options = listed_once(account, ledger)
-    assert options.last_listing is not None
-    assert sorted(options.last_listing.odd_emails or ()) == [
-        ("ann@x.com", "cus_ann"),
-        ("dan@w.com", "cus_dan"),
-        ("eve@v.com", "cus_eve"),
-    ]
+    options, _ = listed_once(account, ledger, places)
     account.edit("cus_7", {"email": "Bob@Y.com"})  # after the listing: only its events tell
     account.edit("cus_carl", {"email": "Carl@Z.com", "name": "Carl"}, "customer.created")
     account.edit("cus_dan", {}, "customer.deleted")
+    account.edit("cus_3", {"name": "Three"})  # still u3@example.com, then moved away from it:
+    account.edit("cus_3", {"email": "Three@X.com"})  # its latest event tells; not retrieved
     account.edit("cus_8", {"email": "Frank@U.com"})  # not a profile of this run: never retrieved
-    assert list(account.with_email("ann@x.com")) == []  # the double is as exact as Stripe
     account.calls.clear()
     records = [
         record("ann@x.com", "Ann 2"),
@@ -243,88 +254,162 @@ def test_emails_stored_in_another_form_are_found_not_created_again(ledger: Ledge
         record("dan@w.com", "Dan 2"),
         record("eve@v.com", "Eve 2"),
         record("gus@t.com", "Gus"),
+        record("u3@example.com", "Three"),
     ]
-    result = Syncer(account, ledger, options).run(lambda: iter(records))
-    assert (result.created, result.updated) == (2, 4)
-    assert sorted(p["email"] for p in account.created[1:]) == ["dan@w.com", "gus@t.com"]  # Dan was deleted
-    assert reads(account) == {"customers.by_email": 6, "events.list": 1, "customers.retrieve": 4}
+    result = Syncer(account, ledger, options, places).run(lambda: iter(records))
+    assert (result.created, result.updated) == (3, 4)
+    created = sorted(p["email"] for p in account.created[1:])
+    assert created == ["dan@w.com", "gus@t.com", "u3@example.com"]  # Dan was deleted, cus_3 moved
+    # Ann and Eve from the recorded listing, Bob and Carl from the events; Dan's deletion and
+    # cus_3's move are in the events too: they cost no retrieve.
+    assert reads(account) == {"events.list": 1, "customers.retrieve": 4}
     assert account.customers["cus_7"]["name"] == "Bob" and account.customers["cus_eve"]["name"] == "Eve 2"
+    assert (
+        account.customers["cus_ann"]["name"] == "Ann 2" and account.customers["cus_carl"]["name"] == "Carl 2"
+    )
 
 
-def test_several_customers_with_one_email_are_all_found(ledger: Ledger) -> None:
+def test_several_customers_with_one_email_are_all_found(ledger: Ledger, places: Destinations) -> None:
     account = Account(20_000, canonical=True)
-    options = listed_once(account, ledger)
+    options, _ = listed_once(account, ledger, places)
     account.edit("cus_twin", {"email": "U7@example.com"}, "customer.created")  # cus_7 is u7@example.com
-    result = Syncer(account, ledger, options).run(lambda: iter([record("u7@example.com", "Seven")]))
+    result = Syncer(account, ledger, options, places).run(lambda: iter([record("u7@example.com", "Seven")]))
     assert [r.kind for r in result.rejections] == ["several Stripe customers"]
     assert "cus_7" in result.rejections[0].reason and "cus_twin" in result.rejections[0].reason
-    assert reads(account) == {"customers.by_email": 1, "events.list": 1, "customers.retrieve": 1}
+    assert reads(account) == {"events.list": 1, "customers.retrieve": 2}
 
 
 @pytest.mark.parametrize(
     ("case", "why"),
     [
-        ("too many odd emails", f"more than {ODD_EMAILS_MAX} customers store their email"),
+        ("never listed", "no whole listing of this account by email is recorded yet"),
         ("events unreadable", "Stripe's events cannot be read"),
         ("listed 31 days ago", "is older than 29 days: Stripe keeps events 30"),
-        ("size unknown", "the account was never listed whole"),
-        ("more misses than pages", "300 lookups cost no fewer reads than 200 pages"),
+        ("size unknown", "the account's size is not recorded"),
+        (
+            "events dearer",
+            "200 pages of events since the last listing and 0 customers to retrieve: no cheaper",
+        ),
+        ("candidates dearer", "200 recorded customers to retrieve: no cheaper than 200 pages"),
     ],
 )
-def test_email_lookups_give_way_to_the_listing_when_unsafe_or_dearer(
-    ledger: Ledger, caplog: pytest.LogCaptureFixture, case: str, why: str
+def test_the_recorded_listing_gives_way_to_a_listing_when_unsafe_or_dearer(
+    ledger: Ledger, places: Destinations, caplog: pytest.LogCaptureFixture, case: str, why: str
 ) -> None:
-    account = Account(
-        50_000 if case != "more misses than pages" else 20_000, canonical=case != "too many odd emails"
-    )
-    options = listed_once(account, ledger)
-    if case == "too many odd emails":
-        assert options.last_listing is not None and options.last_listing.odd_emails is None
+    account = Account(20_000, canonical=True)
+    listing: ValueListing | None = None
+    if case == "never listed":
+        options = SyncOptions(
+            pipeline_id="big", mode="create_and_update", stripe_field="email", destination="acct_big"
+        )
+        options = replace(options, account_size=20_000)
+    else:
+        options, listing = listed_once(account, ledger, places)
     account.events_readable = case != "events unreadable"
     if case == "listed 31 days ago":
-        assert options.last_listing is not None
-        old = options.last_listing.started - timedelta(days=31)
-        options = replace(options, last_listing=replace(options.last_listing, started=old))
+        assert listing is not None
+        old = (listing.started - timedelta(days=31)).isoformat(timespec="seconds")
+        places._conn.execute(f"UPDATE {places.listings} SET started_at = ?", (old,))
+        places._conn.commit()
     if case == "size unknown":
         options = replace(options, account_size=None)
-    records = [record(f"u{n}@example.com", "Renamed") for n in range(300)]
-    with caplog.at_level(logging.INFO, logger="krenalis_airflow.core.sync"):
-        result = Syncer(account, ledger, options).run(lambda: iter(records))
-    assert "Matching by email: listing the account (" in caplog.text and why in caplog.text
-    assert (result.created, result.updated) == (0, 300)
-    assert result.listed == len(account.customers) and "customers.by_email" not in account.calls
-    assert account.calls["events.list"] == (case == "events unreadable")
-
-
-def test_reading_events_stops_once_lookups_would_cost_more_than_the_listing(
-    ledger: Ledger, caplog: pytest.LogCaptureFixture
-) -> None:
-    account = Account(50_000, canonical=True)
-    options = listed_once(account, ledger)
-    for n in range(25_000):  # 250 pages of events since the listing
-        account.edit(f"cus_{n}", {"name": f"Edited {n}"})
+    if case == "events dearer":  # 250 pages of events since the listing
+        for n in range(25_000):
+            account.edit(f"cus_{n % 20_000}", {"name": f"Edited {n}"})
+        account.calls.clear()
     records = [record(f"new{n}@example.com", "New") for n in range(300)]
+    if case == "candidates dearer":  # 200 existing customers to retrieve cost the 200 pages
+        records = [record(f"u{n}@example.com", "Renamed") for n in range(200)]
+    size = len(account.customers)
     with caplog.at_level(logging.INFO, logger="krenalis_airflow.core.sync"):
-        result = Syncer(account, ledger, options).run(lambda: iter(records))
-    assert "200 pages of events since the last listing and more: dearer than 500 pages" in caplog.text
-    assert result.created == 300
-    assert reads(account) == {"events.list": 200, "customers.list": 501}  # the account, and the first run's
-    assert result.whole_listing is not None and result.whole_listing.started > options.last_listing.started  # type: ignore[union-attr]
+        result = Syncer(account, ledger, options, places).run(lambda: iter(records))
+    assert "Matching by email: listing the account (" in caplog.text and why in caplog.text
+    assert (result.created, result.updated) == ((0, 200) if case == "candidates dearer" else (300, 0))
+    assert result.listed == size
+    assert account.calls["events.list"] == {"events unreadable": 1, "events dearer": 200}.get(case, 0)
+    assert "customers.retrieve" not in account.calls
+    # The listing recorded a new generation; the one it replaced is gone.
+    assert generations(places) == [("email", "current")]
+    now = places.value_listing("acct_big", "email")
+    assert now is not None and (listing is None or now.generation != listing.generation)
 
 
-def test_a_listing_records_when_it_began_and_the_odd_emails_it_saw(ledger: Ledger) -> None:
-    account = Account(ODD_EMAILS_MAX, canonical=False)  # every email in upper case: just within the cap
+def test_a_listing_records_every_value_and_when_it_began(ledger: Ledger, places: Destinations) -> None:
+    account = Account(1_000, canonical=False)  # every email in upper case
+    account.edit("cus_blank", {"email": "", "name": "No email"}, "customer.created")
+    account.edit("cus_none", {"email": None, "name": "No email"}, "customer.created")
     before = datetime.now(UTC)
-    options = listed_once(account, ledger)
-    listing = options.last_listing
-    assert (
-        listing is not None and listing.odd_emails is not None and len(listing.odd_emails) == ODD_EMAILS_MAX
-    )
-    assert ("u7@example.com", "cus_7") in listing.odd_emails
+    _, listing = listed_once(account, ledger, places)
     assert before - timedelta(minutes=6) < listing.started < before  # a margin for Stripe's clock
-    account.edit("cus_one_more", {"email": "X@Y.com"})
-    again = listed_once(account, ledger).last_listing
-    assert again is not None and again.odd_emails is None  # too many: email lookups wait for fewer
+    found = places.listed_values(listing, ["u7@example.com", "U7@Example.com", "", "first0@example.com"])
+    assert found == {"u7@example.com": ["cus_7"]}  # normalised; blank emails are not recorded
+    cursor = places._conn.cursor()
+    cursor.execute(f"SELECT COUNT(*) FROM {places.values}")
+    assert cursor.fetchone()[0] == 1_000
+
+
+def test_a_listing_that_fails_records_nothing_readable(ledger: Ledger, places: Destinations) -> None:
+    account = Account(12_000, canonical=True)
+
+    def broken() -> Iterator[dict[str, Any]]:
+        for number, customer in enumerate(Account.list_all(account)):
+            if number == 11_000:  # past two batches of values already written
+                raise RuntimeError("Stripe went away")
+            yield customer
+
+    account.list_all = broken  # type: ignore[method-assign]
+    options = SyncOptions(
+        pipeline_id="big", mode="create_and_update", stripe_field="email", destination="acct_big"
+    )
+    with pytest.raises(RuntimeError, match="Stripe went away"):
+        Syncer(account, ledger, options, places).run(lambda: iter([record("new@example.com", "New")]))
+    assert places.value_listing("acct_big", "email") is None
+    assert generations(places) == [("email", "dropping")]  # deleted by the next listing's switch
+    del account.list_all
+    listed_once(account, ledger, places)
+    assert generations(places) == [("email", "current")]
+
+
+def profile(number: int | str, name: str) -> Record:
+    return Record(f"p{number}", str(number), str(number), {"name": name})
+
+
+def test_a_metadata_field_is_found_in_the_recorded_listing_too(ledger: Ledger, places: Destinations) -> None:
+    account = Account(50_000, canonical=True)
+    for customer in account.customers.values():
+        customer["metadata"] = {"profile_id": customer["id"].removeprefix("cus_")}
+    options, listing = listed_once(account, ledger, places, "metadata.profile_id")
+    assert places.listed_values(listing, ["7", "x"]) == {"7": ["cus_7"]}
+    account.edit("cus_9", {"metadata": {"profile_id": " 70000 "}})  # since the listing, in another form
+    account.calls.clear()
+    records = [profile(f"new{n}", "New") for n in range(300)] + [profile(7, "Seven"), profile(70000, "Nine")]
+    result = Syncer(account, ledger, options, places).run(lambda: iter(records))
+    assert (result.created, result.updated, result.listed) == (300, 2, None)
+    assert reads(account) == {"events.list": 1, "customers.retrieve": 2}  # not 500 pages
+    assert account.customers["cus_7"]["name"] == "Seven" and account.customers["cus_9"]["name"] == "Nine"
+    assert generations(places) == [("metadata.profile_id", "current")]
+
+
+def test_a_dry_run_records_nothing_and_still_reads(ledger: Ledger, places: Destinations) -> None:
+    account = Account(20_000, canonical=True)
+    options = SyncOptions(
+        pipeline_id="big",
+        mode="create_and_update",
+        stripe_field="email",
+        destination="acct_big",
+        dry_run=True,
+    )
+    dry = Destinations(places._conn, "?", "dry_", writable=False)  # before any real run: no tables
+    result = Syncer(account, ledger, options, dry).run(lambda: iter([record("new@example.com", "New")]))
+    assert result.listed == 20_000 and dry.value_listing("acct_big", "email") is None
+    real, _ = listed_once(account, ledger, places)
+    dry = Destinations(places._conn, "?", "krenalis_", writable=False)
+    options = replace(real, dry_run=True)
+    records = [record(f"new{n}@example.com", "New") for n in range(300)] + [record("u7@example.com", "Seven")]
+    result = Syncer(account, ledger, options, dry).run(lambda: iter(records))
+    assert (result.created, result.updated, result.listed) == (300, 1, None)
+    assert reads(account) == {"events.list": 1, "customers.retrieve": 1}
+    assert generations(places) == [("email", "current")] and not account.created[1:]
 
 
 class EventsServer(stripe.HTTPClient):
