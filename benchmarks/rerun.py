@@ -55,10 +55,10 @@ from krenalis_airflow.core.sample_data import CREATE_TABLE, TABLE
 from krenalis_airflow.core.spec import PipelineSpec
 from krenalis_airflow.core.transform.build import build_transformer
 from krenalis_airflow.core.transform.run import TransformSettings, transform_profiles
+from support.postgres import PG_DSN, drop_prefixed_tables
 
 FINGERPRINT = "key:bench-rerun"
 ACCOUNT = "acct_benchrerun"
-PG_DSN = "host=127.0.0.1 dbname=test user=postgres"
 CHILD_TIMEOUT = 1800.0
 PREVIOUS = "0" * 64  # the payload hash the ledger holds: a changed profile differs from it
 
@@ -335,15 +335,7 @@ def run(db: str, rows: int, share: float, left: int, folder: Path, log: Any = pr
             conn.autocommit = True
             cursor = conn.cursor()
             cursor.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
-            for suffix in (
-                "ledger",
-                "stripe_accounts",
-                "reconciled",
-                "stripe_sizes",
-                "stripe_listings",
-                "stripe_odd_emails",
-            ):
-                cursor.execute(f"DROP TABLE IF EXISTS {prefix}{suffix}")
+            drop_prefixed_tables(cursor, prefix)
             conn.close()
 
 

@@ -23,13 +23,13 @@ from pathlib import Path
 
 from krenalis_airflow.core.ratelimit import Limits
 from support.fault_proxy import Latency
+from support.postgres import PG_DSN
 
 from . import api, big_account, parse, report, rerun, sections, shared_limit, stages
 
 HERE = Path(__file__).resolve().parent
 QUICK = {"profiles": 500, "sample": 50, "local_rows": 100_000, "pg_rows": 20_000}
 FULL = {"profiles": 5000, "sample": 200, "local_rows": 1_000_000, "pg_rows": 100_000}
-PG_DSN = "host=127.0.0.1 dbname=test user=postgres"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -35,6 +35,7 @@ from krenalis_airflow.core.run import (
 )
 from krenalis_airflow.core.spec import PipelineSpec, load_spec
 from krenalis_airflow.core.stripe_api import StripeCustomers
+from support.postgres import PG_DSN, drop_prefixed_tables
 
 log = logging.getLogger("tests.core.test_inputs")
 SPEC = """\
@@ -103,9 +104,10 @@ def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Wareho
         yield sqlite_warehouse(tmp_path)
         return
     psycopg2 = pytest.importorskip("psycopg2")
-    dsn = "host=127.0.0.1 dbname=test user=postgres"
     schema = f"inputs_{uuid.uuid4().hex[:10]}"
-    found = Warehouse(lambda: psycopg2.connect(dsn), "postgresql", "%s", f"{schema}.profiles", f"{schema}_")
+    found = Warehouse(
+        lambda: psycopg2.connect(PG_DSN), "postgresql", "%s", f"{schema}.profiles", f"{schema}_"
+    )
     try:
         found.sql(f"CREATE SCHEMA {schema}")
     except psycopg2.OperationalError as exc:  # pragma: no cover - CI starts PostgreSQL
@@ -113,15 +115,13 @@ def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Wareho
     found.sql(f"CREATE TABLE {schema}.profiles (id INTEGER PRIMARY KEY, email TEXT, name TEXT, plan TEXT)")
     yield found
     found.sql(f"DROP SCHEMA {schema} CASCADE")
-    for table in (
-        "ledger",
-        "stripe_accounts",
-        "reconciled",
-        "stripe_sizes",
-        "stripe_listings",
-        "stripe_odd_emails",
-    ):
-        found.sql(f"DROP TABLE IF EXISTS {schema}_{table}")
+    conn = psycopg2.connect(PG_DSN)
+    try:
+        with conn.cursor() as cursor:
+            drop_prefixed_tables(cursor, f"{schema}_")  # the state tables, whatever they are
+        conn.commit()
+    finally:
+        conn.close()
 
 
 @dataclass

@@ -17,8 +17,8 @@ import pytest
 from krenalis_airflow.core.conditions import Group
 from krenalis_airflow.core.extract import Extraction, prepare_extraction
 from krenalis_airflow.core.spec import Source
+from support.postgres import PG_DSN
 
-PG_DSN = "host=127.0.0.1 dbname=test user=postgres"
 BACKENDS = ["sqlite", "psycopg2", "psycopg3"]
 
 

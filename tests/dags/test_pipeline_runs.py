@@ -16,6 +16,7 @@ from krenalis_airflow.core.dedupe import KEPT_FIRST
 from krenalis_airflow.core.sample_data import write_sqlite_warehouse
 from krenalis_airflow.core.transform.run import NO_MATCH
 from support.localstripe_process import STRIPE_TEST_KEY
+from support.postgres import PG_DSN, drop_prefixed_tables
 from tests.dags.conftest import ROOT, AirflowEnv
 from tests.specs import spec_text
 
@@ -112,7 +113,7 @@ def test_broken_spec_is_visible_and_hides_nothing(airflow_env: AirflowEnv, write
 def test_postgres_source_and_ledger(airflow_env: AirflowEnv, stripe_client, write_spec) -> None:
     suffix = uuid.uuid4().hex[:8]
     table, prefix = f"kt_profiles_{suffix}", f"kt_{suffix}_"
-    pg = psycopg2.connect(host="127.0.0.1", dbname="test", user="postgres")
+    pg = psycopg2.connect(PG_DSN)
     pg.autocommit = True
     try:
         with pg.cursor() as cur:
@@ -159,7 +160,7 @@ transformation:
     finally:
         with pg.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {table}")
-            cur.execute(f"DROP TABLE IF EXISTS {prefix}ledger")
+            drop_prefixed_tables(cur, prefix)  # the ledger and every other state table
         pg.close()
 
 
