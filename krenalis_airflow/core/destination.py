@@ -217,49 +217,44 @@ class Destinations:
 
     def _write_values(self, generation: int, rows: list[tuple[str, str, int, str, str]]) -> bool:
         """One batch of a generation's rows, in a transaction of its own; False (nothing written)
-        when the generation is no longer being written (taken for abandoned and dropped). The
-        generation's row is locked first, so a cleanup marking it dropping waits for this batch
-        and then deletes it too: no row is ever left behind by a generation that is gone."""
+        when the generation is no longer being written (taken for abandoned and dropped)."""
         marks = ", ".join([self._ph] * 5)
-        cursor = self._conn.cursor()
-        try:
-            cursor.execute(
-                f"UPDATE {self.listings} SET state = state WHERE generation = {self._ph} AND state = {self._ph}",
-                (generation, WRITING),
-            )
-            if cursor.rowcount != 1:
-                self._conn.rollback()
-                return False
-            cursor.executemany(
-                f"INSERT INTO {self.values} (destination, stripe_field, generation, value, customer_id)"
-                f" VALUES ({marks})",
-                rows,
-            )
-        except BaseException:
-            self._conn.rollback()
-            raise
-        finally:
-            cursor.close()
-        self._conn.commit()
-        return True
+        insert = (
+            f"INSERT INTO {self.values} (destination, stripe_field, generation, value, customer_id)"
+            f" VALUES ({marks})"
+        )
+        return self._while_writing(generation, WRITING, lambda cursor: cursor.executemany(insert, rows))
 
     def _switch(self, destination: str, field: str, generation: int) -> bool:
         """Make ``generation`` the current one, in one short transaction; False when it was
         dropped meanwhile (written for longer than ``ABANDONED``): the current one stays."""
+        replace_current = (
+            f"UPDATE {self.listings} SET state = {self._ph} WHERE destination = {self._ph}"
+            f" AND stripe_field = {self._ph} AND state = {self._ph} AND generation <> {self._ph}"
+        )
+        return self._while_writing(
+            generation,
+            CURRENT,
+            lambda cursor: cursor.execute(
+                replace_current, (REPLACED, destination, field, CURRENT, generation)
+            ),
+        )
+
+    def _while_writing(self, generation: int, state: str, then: Callable[[Any], object]) -> bool:
+        """In one transaction: move ``generation`` from writing to ``state`` (writing again
+        locks its row), then ``then(cursor)``; False, with nothing done, when the generation is
+        no longer being written. A cleanup marking it dropping waits for this transaction and
+        then deletes what it wrote too: no row is ever left behind by a generation that is gone."""
         cursor = self._conn.cursor()
         try:
             cursor.execute(
                 f"UPDATE {self.listings} SET state = {self._ph} WHERE generation = {self._ph} AND state = {self._ph}",
-                (CURRENT, generation, WRITING),
+                (state, generation, WRITING),
             )
             if cursor.rowcount != 1:
                 self._conn.rollback()
                 return False
-            cursor.execute(
-                f"UPDATE {self.listings} SET state = {self._ph} WHERE destination = {self._ph}"
-                f" AND stripe_field = {self._ph} AND state = {self._ph} AND generation <> {self._ph}",
-                (REPLACED, destination, field, CURRENT, generation),
-            )
+            then(cursor)
         except BaseException:
             self._conn.rollback()
             raise

@@ -143,6 +143,14 @@ def values_of(places: Destinations, generation: int) -> int:
     return count
 
 
+def record_ann(places: Destinations) -> None:
+    """A complete listing of acct_A by email that saw ann@x.com (cus_1)."""
+    writer = places.begin_values("acct_A", "email", T1)
+    assert writer is not None
+    writer.add("ann@x.com", "cus_1")
+    assert writer.finish()
+
+
 def generations(places: Destinations) -> dict[int, str]:
     """generation → state, of every generation recorded."""
     cursor = places._conn.cursor()
@@ -277,10 +285,7 @@ def test_replaced_abandoned_and_failed_generations_are_dropped(store: tuple[Any,
 def test_a_generation_dropped_while_read_is_not_trusted(store: tuple[Any, str, str]) -> None:
     conn, ph, prefix = store
     places = Destinations(conn, ph, prefix)
-    writer = places.begin_values("acct_A", "email", T1)
-    assert writer is not None
-    writer.add("ann@x.com", "cus_1")
-    writer.finish()
+    record_ann(places)
     listing = places.value_listing("acct_A", "email")
     assert listing is not None and places.listed_values(listing, ["ann@x.com"]) == {"ann@x.com": ["cus_1"]}
     places._drop(listing.generation)  # what a newer listing's switch does before deleting its rows
@@ -295,9 +300,6 @@ def test_a_dry_run_records_no_value_and_reads_what_is_there(store: tuple[Any, st
     assert dry.value_listing("acct_A", "email") is None  # no tables yet
     assert dry.begin_values("acct_A", "email", T1) is None and dry.drop_stale_values() == 0
     places = Destinations(conn, ph, prefix)
-    writer = places.begin_values("acct_A", "email", T1)
-    assert writer is not None
-    writer.add("ann@x.com", "cus_1")
-    writer.finish()
+    record_ann(places)
     listing = dry.value_listing("acct_A", "email")
     assert listing is not None and dry.listed_values(listing, ["ann@x.com"]) == {"ann@x.com": ["cus_1"]}
