@@ -499,17 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps([r.to_dict() for r in results], indent=2))
     if args.update_report:
-        from benchmarks.shared_limit import update_report
+        from benchmarks.sections import put_section
 
-        rows = [
-            f"| {name} | {value} | {'met' if met else '**missed**'} |"
-            for name, value, met in targets(results)
-        ]
-        lines = [*section(results, args.customers), "| target | measured | |", "|---|---|---|", *rows, ""]
-        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-        when = f"Measured on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores, load average {load} at the end."
-        lines[-1:-1] = ["", when]
-        update_report(HERE / "REPORT.md", lines, ("<!-- big-account:begin -->", "<!-- big-account:end -->"))
+        markers = ("<!-- big-account:begin -->", "<!-- big-account:end -->")
+        command = "python -m benchmarks.big_account --update-report"
+        put_section(HERE / "REPORT.md", section(results, args.customers), targets(results), markers, command)
     return 0
 
 

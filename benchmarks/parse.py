@@ -441,21 +441,10 @@ MARKERS = ("<!-- parse:begin -->", "<!-- parse:end -->")
 
 def update(report: Path, results: Sequence[ParseResult]) -> None:
     """This run's section and target rows into ``report``, with the machine and its load."""
-    from benchmarks.sections import measured_on, update_report, update_target_rows
+    from benchmarks.sections import put_section
 
-    rows = targets(results)
-    lines = section(results)[:-1]
-    lines += [
-        "",
-        "| target | measured | |",
-        "|---|---|---|",
-        *(f"| {name} | {value} | {'met' if ok else '**missed**'} |" for name, value, ok in rows),
-        "",
-        measured_on("python -m benchmarks.parse --update-report"),
-        "",
-    ]
-    update_report(report, lines, MARKERS)
-    update_target_rows(report, rows)
+    command = "python -m benchmarks.parse --update-report"
+    put_section(report, section(results), targets(results), MARKERS, command)
 
 
 def summary(results: Sequence[ParseResult]) -> str:

@@ -463,17 +463,11 @@ def main(argv: list[str] | None = None) -> None:
     lines = section(reruns)
     print("\n".join(lines))
     if args.update_report:
-        from benchmarks.sections import measured_on, update_report, update_target_rows
+        from benchmarks.sections import put_section
 
-        rows = [
-            f"| {name} | {value} | {'met' if ok else '**missed**'} |" for name, value, ok in targets(reruns)
-        ]
-        lines = [*lines, "| target | measured | |", "|---|---|---|", *rows, ""]
-        lines[-1:-1] = ["", measured_on("python -m benchmarks.rerun --update-report")]
-        update_report(
-            Path(__file__).parent / "REPORT.md", lines, ("<!-- rerun:begin -->", "<!-- rerun:end -->")
-        )
-        update_target_rows(Path(__file__).parent / "REPORT.md", targets(reruns))
+        markers = ("<!-- rerun:begin -->", "<!-- rerun:end -->")
+        command = "python -m benchmarks.rerun --update-report"
+        put_section(Path(__file__).parent / "REPORT.md", lines, targets(reruns), markers, command)
 
 
 if __name__ == "__main__":

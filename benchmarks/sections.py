@@ -41,6 +41,27 @@ def update_target_rows(report: Path, rows: Sequence[tuple[str, str, bool]]) -> N
     report.write_text(text)
 
 
+def put_section(
+    report: Path,
+    lines: Sequence[str],
+    rows: Sequence[tuple[str, str, bool]],
+    markers: tuple[str, str],
+    command: str,
+) -> None:
+    """A benchmark's section (``lines``) with its targets (``rows``: name, measured, met) and the
+    line that says where it ran, between ``markers``; and its rows of the Targets table."""
+    body = list(lines)
+    while body and not body[-1]:
+        body.pop()
+    table = [f"| {name} | {value} | {'met' if ok else '**missed**'} |" for name, value, ok in rows]
+    update_report(
+        report,
+        [*body, "", "| target | measured | |", "|---|---|---|", *table, "", measured_on(command), ""],
+        markers,
+    )
+    update_target_rows(report, rows)
+
+
 def commit() -> str:
     """The commit measured, and whether the tree had uncommitted changes (the report aside)."""
 

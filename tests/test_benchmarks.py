@@ -82,7 +82,7 @@ def test_the_parse_benchmark_parses_both_dag_files_as_airflow_does(tmp_path: Pat
 
 
 def test_a_benchmark_run_alone_replaces_its_section_and_its_target_rows(tmp_path: Path) -> None:
-    from benchmarks.sections import measured_on, update_report, update_target_rows
+    from benchmarks.sections import measured_on, put_section, update_report, update_target_rows
 
     report = tmp_path / "REPORT.md"
     report.write_text(
@@ -90,7 +90,8 @@ def test_a_benchmark_run_alone_replaces_its_section_and_its_target_rows(tmp_path
         "| Parse ≤ 3 ms | 4.00 ms | **missed** |\n| Other | 1 | met |\n\n"
         "<!-- x:begin -->\n## X\n\nold figures\n<!-- x:end -->\n\n## Machine, versions, options\n"
     )
-    update_report(report, ["## X", "", "new figures"], ("<!-- x:begin -->", "<!-- x:end -->"))
+    X = ("<!-- x:begin -->", "<!-- x:end -->")
+    update_report(report, ["## X", "", "new figures"], X)
     update_report(report, ["## Y", "", "first time"], ("<!-- y:begin -->", "<!-- y:end -->"))
     update_target_rows(report, [("Parse ≤ 3 ms", "1.50 ms", True), ("Not in the table", "2", False)])
     text = report.read_text()
@@ -100,3 +101,11 @@ def test_a_benchmark_run_alone_replaces_its_section_and_its_target_rows(tmp_path
     assert "Not in the table" not in text  # only rows already there are replaced
     line = measured_on("python -m benchmarks.parse --update-report")
     assert line.startswith("Measured on ") and "`python -m benchmarks.parse --update-report` at " in line
+
+    put_section(report, ["## X", "", "newest", ""], [("Parse ≤ 3 ms", "4.10 ms", False)], X, "python -m x")
+    section = report.read_text().split(X[0])[1].split(X[1])[0]
+    assert (
+        "newest\n\n| target | measured | |\n|---|---|---|\n| Parse ≤ 3 ms | 4.10 ms | **missed** |" in section
+    )
+    assert "by `python -m x` at " in section
+    assert "| Parse ≤ 3 ms | 4.10 ms | **missed** |\n| Other | 1 | met |" in report.read_text().split(X[0])[0]
