@@ -39,7 +39,7 @@ $(BIN)/.installed-e2e: $(BIN)/.installed setup.cfg
 lint: venv       ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy krenalis_airflow dags
+	$(BIN)/mypy krenalis_airflow dags benchmarks support
 
 .PHONY: bench
 bench: venv      ## benchmarks → benchmarks/REPORT.md and chart.png (~20 min; BENCH_ARGS=--quick: ~3 min)
