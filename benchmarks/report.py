@@ -134,14 +134,22 @@ def render(
         parts += _api_sections(context, scenarios, report_path)
     if stages:
         parts += _local_sections(context, stages)
-    parts += shared_limit.section(context.shared_runs)
-    parts += big_account.section(context.big_account)
-    parts += rerun.section(context.reruns)
-    if context.parsing:  # between markers: ``python -m benchmarks.parse --update-report`` replaces it
-        parts += [parse.MARKERS[0], *parse.section(context.parsing)[:-1], parse.MARKERS[1], ""]
+    # Between markers, each: the benchmark run alone with --update-report replaces its own.
+    parts += _marked((shared_limit.BEGIN, shared_limit.END), shared_limit.section(context.shared_runs))
+    parts += _marked(big_account.MARKERS, big_account.section(context.big_account))
+    parts += _marked(rerun.MARKERS, rerun.section(context.reruns))
+    parts += _marked(parse.MARKERS, parse.section(context.parsing))
     parts += ["## Machine, versions, options", "", "| | |", "|---|---|"]
     parts += [f"| {name} | {value} |" for name, value in context.machine]
     return "\n".join(parts) + "\n"
+
+
+def _marked(markers: tuple[str, str], lines: Sequence[str]) -> list[str]:
+    """``lines`` between ``markers`` (nothing when there are none)."""
+    body = list(lines)
+    while body and not body[-1]:
+        body.pop()
+    return [markers[0], *body, markers[1], ""] if body else []
 
 
 def _targets(context: Context, scenarios: Sequence[Scenario], stages: Sequence[StageResult]) -> list[str]:

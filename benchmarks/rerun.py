@@ -61,6 +61,7 @@ FINGERPRINT = "key:bench-rerun"
 ACCOUNT = "acct_benchrerun"
 CHILD_TIMEOUT = 1800.0
 PREVIOUS = "0" * 64  # the payload hash the ledger holds: a changed profile differs from it
+MARKERS = ("<!-- rerun:begin -->", "<!-- rerun:end -->")  # its section in REPORT.md
 
 
 def rerun_spec(prefix: str, table: str) -> PipelineSpec:
@@ -465,9 +466,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.update_report:
         from benchmarks.sections import put_section
 
-        markers = ("<!-- rerun:begin -->", "<!-- rerun:end -->")
         command = "python -m benchmarks.rerun --update-report"
-        put_section(Path(__file__).parent / "REPORT.md", lines, targets(reruns), markers, command)
+        put_section(Path(__file__).parent / "REPORT.md", lines, targets(reruns), MARKERS, command)
 
 
 if __name__ == "__main__":
