@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import stripe
 
-from benchmarks.shared_limit import END, SharedOptions, SharedRun, section, update_report
+from benchmarks.shared_limit import BEGIN, END, SharedOptions, SharedRun, section, update_report
 from support.fault_proxy import FaultProxy, RateLimits
 from support.pipeline_process import run_pipelines
 
@@ -78,8 +78,8 @@ def test_the_benchmark_section_reads_its_runs_and_replaces_itself(tmp_path: Path
     assert any("→ **met**" in line for line in lines)
     report = tmp_path / "REPORT.md"
     report.write_text("# Benchmarks\n\n## Local stages\n\n## Machine, versions, options\n\n| | |\n")
-    update_report(report, lines)
-    update_report(report, lines)  # a second run replaces the first
+    update_report(report, lines, (BEGIN, END))
+    update_report(report, lines, (BEGIN, END))  # a second run replaces the first
     text = report.read_text()
     assert text.count("## 4 pipelines, one Stripe account") == 1
     assert text.index("## Local stages") < text.index(END) < text.index("## Machine")

@@ -649,6 +649,8 @@ class Syncer:
 
     def _index_refused(self, listing: ValueListing | None) -> str:
         """Why the recorded listing cannot stand in for a listing ("" when it may)."""
+        if self.options.full_resync:  # trusts no shortcut: the ledger's, nor this one
+            return "a full resync compares every profile with a fresh listing"
         if listing is None:
             return f"no whole listing of this account by {self.options.stripe_field} is recorded yet"
         if self.options.account_size is None:

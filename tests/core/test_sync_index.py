@@ -291,6 +291,7 @@ def test_several_customers_with_one_email_are_all_found(ledger: Ledger, places: 
             "200 pages of events since the last listing and 0 customers to retrieve: no cheaper",
         ),
         ("candidates dearer", "200 recorded customers to retrieve: no cheaper than 200 pages"),
+        ("full resync", "a full resync compares every profile with a fresh listing"),
     ],
 )
 def test_the_recorded_listing_gives_way_to_a_listing_when_unsafe_or_dearer(
@@ -313,6 +314,8 @@ def test_the_recorded_listing_gives_way_to_a_listing_when_unsafe_or_dearer(
         places._conn.commit()
     if case == "size unknown":
         options = replace(options, account_size=None)
+    if case == "full resync":
+        options = replace(options, full_resync=True)
     if case == "events dearer":  # 250 pages of events since the listing
         for n in range(25_000):
             account.edit(f"cus_{n % 20_000}", {"name": f"Edited {n}"})
