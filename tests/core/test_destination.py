@@ -208,7 +208,7 @@ def test_two_listings_at_once_never_corrupt_each_other(store: tuple[Any, str, st
     second = other(conn, tmp_path)
     try:
         one, two = Destinations(conn, ph, prefix), Destinations(second, ph, prefix)
-        kept = one.begin_values("acct_A", "email", T1)  # another field's index is left alone
+        kept = one.begin_values("acct_A", "email", T1)  # a third listing, still being written at the end
         assert kept is not None
         kept.add("keep@x.com", "cus_k")
         early = one.begin_values("acct_A", "email", T1)
