@@ -20,12 +20,11 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import stripe
 
-from benchmarks.sections import update_report
+from benchmarks.sections import measured_on, update_report
 from support.fault_proxy import FaultConfig, FaultProxy, Latency, RateLimits
 from support.localstripe_process import STRIPE_TEST_KEY, LocalStripe
 from support.pipeline_process import run_pipelines
@@ -183,9 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         lines = section(run(options, Path(tmp)))
     print("\n".join(lines))
     if args.update_report:
-        when = datetime.now(UTC).isoformat(timespec="seconds")
-        note = f"Measured by `{' '.join(['python -m benchmarks.shared_limit', *(argv or sys.argv[1:])])}` on {when}, apart from the rest of this report."
-        update_report(args.report, [*lines[:2], note, "", *lines[2:]], (BEGIN, END))
+        command = " ".join(["python -m benchmarks.shared_limit", *(argv or sys.argv[1:])])
+        update_report(args.report, [*lines[:-1], "", measured_on(command), ""], (BEGIN, END))
         print(f"updated {args.report}")
     return 0
 
