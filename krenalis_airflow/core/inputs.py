@@ -41,7 +41,7 @@ INPUT = "_krenalis_input"  # the digest of a profile's input row, as the extract
 SEEN = "_krenalis_seen"  # the digest the ledger holds for that profile (None: none)
 RECORDED = "_krenalis_recorded"  # true when the ledger holds the input digest already
 KEY = "_krenalis_key"  # the profile's key as SQL casts it to text, checked against the pipeline's
-DIGEST_VERSION = 1  # bump when a digest expression changes: every row is read once more
+DIGEST_VERSION = 2  # bump when a digest expression changes: every row is read once more
 SQLITE_FUNCTION = "krenalis_digest"
 DIALECTS = (POSTGRESQL, SQLITE)
 REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # package.module:function
@@ -75,8 +75,14 @@ def python_source(reference: str, search_path: Sequence[Path]) -> bytes:
 
 def sqlite_digest(seed: int, *values: Any) -> int:
     """The SQLite row digest (registered as ``krenalis_digest``): the row's values with their
-    types (``1`` and ``'1'`` differ), hashed to a signed 64-bit integer like SQLite's INTEGER."""
-    return int.from_bytes(hashlib.sha1(marshal.dumps((seed, values))).digest()[:8], "big", signed=True)
+    types (``1`` and ``'1'`` differ), hashed to a signed 64-bit integer like SQLite's INTEGER.
+
+    Marshal's format 0, because later formats write a string differently when it is interned,
+    and an object seen twice as a back-reference: the same row would then hash differently in
+    two processes that had imported different modules (a cached one-character string such as a
+    postal code ``'5'`` is interned wherever some module has ``'5'`` as a constant)."""
+    encoded = marshal.dumps((seed, values), 0)
+    return int.from_bytes(hashlib.sha1(encoded).digest()[:8], "big", signed=True)
 
 
 def register(connection: Any, dialect: str) -> None:
