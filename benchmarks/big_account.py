@@ -35,10 +35,8 @@ import argparse
 import json
 import logging
 import math
-import os
 import re
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,15 +45,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.child import RESULT_PREFIX, spawn
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-RESULT_PREFIX = "RESULT "
 KEY = "sk_test_big_account"
 NEW = 1000  # new profiles per scenario
 TARGET_RSS_MB = 300
 PAGE = 100  # customers per listing page
 TEST_MODE_READS = 25  # reads/s Stripe allows in test mode (100 in live mode)
-CHILD_TIMEOUT = 3600.0
 READS = ("customers.list", "customers.retrieve", "events.")  # endpoints (prefixes) that read
 MARKERS = ("<!-- big-account:begin -->", "<!-- big-account:end -->")  # its section in REPORT.md
 
@@ -321,7 +318,7 @@ def run(
                 "records": str(path),
                 "state": str(folder / f"state-{plan.state}.sqlite"),
             }
-            data, error = _spawn(args)
+            data, error = spawn("benchmarks.big_account", ["--child", json.dumps(args)])
             calls = dict(double.calls())
             found = double.duplicates()
             groups = [*found["by_email"], *found["by_profile_id"]]
@@ -351,30 +348,6 @@ def run(
             log(f"    {line(result)}")
             results.append(result)
     return results
-
-
-def _spawn(args: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """Run one scenario in a fresh interpreter; its RESULT line, or why there is none."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "benchmarks.big_account", "--child", json.dumps(args)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=CHILD_TIMEOUT,
-        )
-    except subprocess.TimeoutExpired:
-        return {}, f"timed out after {CHILD_TIMEOUT:g} s"
-    found = next((x for x in done.stdout.splitlines() if x.startswith(RESULT_PREFIX)), None)
-    if done.returncode != 0 or found is None:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
-        return {}, f"exit {done.returncode}: {tail}"
-    return json.loads(found[len(RESULT_PREFIX) :]), ""
 
 
 def _calls(calls: dict[str, int]) -> str:

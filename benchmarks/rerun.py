@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.stages import QUIET, RESULT_PREFIX, ROOT, SAMPLE_SPEC, StubApi, bench_spec, peak_rss
+from benchmarks.child import RESULT_PREFIX, spawn
+from benchmarks.stages import QUIET, SAMPLE_SPEC, StubApi, bench_spec, peak_rss
 from krenalis_airflow.core.destination import Destinations
 from krenalis_airflow.core.extract import iter_rows, prepare_extraction
 from krenalis_airflow.core.filters import quote_identifier, sql_dialect
@@ -179,23 +178,10 @@ class Rerun:
 
 
 def run_step(args: dict[str, Any]) -> dict[str, Any]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
     started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.rerun", "--child", json.dumps(args)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CHILD_TIMEOUT,
-    )
-    line = next((x for x in done.stdout.splitlines() if x.startswith(RESULT_PREFIX)), None)
-    if done.returncode or line is None:
-        raise RuntimeError(f"step {args['step']} failed: {done.stderr[-2000:]}")
-    data: dict[str, Any] = json.loads(line[len(RESULT_PREFIX) :])
+    data, error = spawn("benchmarks.rerun", ["--child", json.dumps(args)], CHILD_TIMEOUT)
+    if error:
+        raise RuntimeError(f"step {args['step']} failed: {error}")
     data["process_wall"] = time.perf_counter() - started  # with the interpreter's start
     return data
 

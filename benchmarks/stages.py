@@ -35,7 +35,6 @@ import re
 import resource
 import shutil
 import sqlite3
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -45,6 +44,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from benchmarks.child import RESULT_PREFIX, ROOT, spawn
 from benchmarks.transform_javascript import SOURCE as JAVASCRIPT
 from benchmarks.transform_mapping_python import PYTHON
 from krenalis_airflow.core.ledger import Ledger, LedgerEntry, field_hashes, payload_hash
@@ -63,10 +63,7 @@ from krenalis_airflow.core.sample_data import TABLE, generate_profiles, write_sq
 from krenalis_airflow.core.spec import PipelineSpec, Transformation, load_spec
 from krenalis_airflow.core.transform.base import Transformer
 
-ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_SPEC = ROOT / "dags" / "pipelines" / "sample_customers.yaml"
-RESULT_PREFIX = "RESULT "
-CHILD_TIMEOUT = 3600.0  # seconds; a stage that takes longer is killed and reported as failed
 LEDGER_CHUNK = 10_000
 QUIET = logging.getLogger("benchmarks.stages")  # the steps' task log: not part of a stage's output
 QUIET.disabled = True
@@ -336,28 +333,9 @@ class StageResult:
 
 def run_child(name: str, size: int, args: dict[str, Any]) -> StageResult:
     """Run one stage in a fresh interpreter and collect its RESULT line."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "benchmarks.stages", json.dumps(args)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=CHILD_TIMEOUT,
-        )
-    except subprocess.TimeoutExpired:
-        return StageResult(
-            name, args["stage"], size, 0, 0, 0, 0, 0, error=f"timed out after {CHILD_TIMEOUT:g} s"
-        )
-    line = next((x for x in done.stdout.splitlines() if x.startswith(RESULT_PREFIX)), None)
-    if done.returncode != 0 or line is None:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
-        return StageResult(name, args["stage"], size, 0, 0, 0, 0, 0, error=f"exit {done.returncode}: {tail}")
-    data = json.loads(line[len(RESULT_PREFIX) :])
+    data, error = spawn("benchmarks.stages", [json.dumps(args)])
+    if error:
+        return StageResult(name, args["stage"], size, 0, 0, 0, 0, 0, error=error)
     return StageResult(
         name,
         args["stage"],
